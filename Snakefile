@@ -1,0 +1,20 @@
+# srsmlm: deep-learning denoising for spectrally resolved SMLM.
+# Rules live in workflow/rules/*.smk; logic lives in the srsmlm package (src/srsmlm).
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/simulate.smk"
+include: "workflow/rules/localize.smk"
+include: "workflow/rules/patches.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

@@ -1,0 +1,506 @@
+"""Patch preparation: boxes per run, leave-one-out SF targets, frame selection, export.
+
+Patches are ``geometry.height`` x ``geometry.width`` float32 images in the guide's units (raw
+counts / 2**16): the localization box centred on the run's candidate pixel, then the spectral
+box starting ``spectral_offset`` (+ jitter) columns to the right. The stack is read through a
+memory map (or page by page) in chunks of runs, and kept patches are spooled to disk, so memory
+stays bounded whatever the acquisition size.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tifffile
+
+from .errors import InputError
+from .fusion import (
+    clean_target,
+    leave_one_out_fusion,
+    limit_range,
+    select_frames,
+    spatial_frequency,
+)
+from .geometry import Geometry
+from .io import atomic_path, write_csv
+from .simulate import acquisition_seed
+from .stack import NORMALISATION, Stack
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PatchParams:
+    """The ``patches:`` config section (px unless stated)."""
+
+    offset_jitter: tuple[int, int] = (-10, 20)
+    row_jitter: int = 1
+    box_shift: int = 0
+    amp_factor: float = 0.5
+    tophat_radius: int = 10
+    min_loc_max: float = 0.09
+    background_patches: int = 0
+    target_max: float | None = 1.0
+    chunk_size: int = 8192
+
+    @classmethod
+    def from_config(cls, section: dict) -> PatchParams:
+        keys = cls.__dataclass_fields__
+        kw = {k: section[k] for k in keys if k in section}
+        if "offset_jitter" in kw:
+            kw["offset_jitter"] = tuple(int(v) for v in kw["offset_jitter"])
+        return cls(**kw)
+
+    @classmethod
+    def no_augmentation(cls, section: dict) -> PatchParams:
+        """The same settings without random jitter or shifts (for inference)."""
+        p = cls.from_config(section)
+        return cls(**{**p.__dict__, "offset_jitter": (0, 0), "row_jitter": 0, "box_shift": 0})
+
+
+@dataclass
+class Boxes:
+    """Top-left corners (0-based rows/columns) of each patch's two boxes."""
+
+    frame: np.ndarray  # 1-based
+    loc_row0: np.ndarray
+    loc_col0: np.ndarray
+    spec_row0: np.ndarray
+    spec_col0: np.ndarray
+
+    def inside(self, g: Geometry, frame_shape: tuple[int, int]) -> np.ndarray:
+        """Mask of boxes lying entirely inside a frame of ``frame_shape`` (rows, columns)."""
+        h, w = frame_shape
+        return (
+            (self.loc_row0 >= 0)
+            & (self.loc_row0 + g.height <= h)
+            & (self.spec_row0 >= 0)
+            & (self.spec_row0 + g.height <= h)
+            & (self.loc_col0 >= 0)
+            & (self.loc_col0 + g.loc_width <= w)
+            & (self.spec_col0 >= 0)
+            & (self.spec_col0 + g.spectral_width <= w)
+        )
+
+    def subset(self, mask: np.ndarray) -> Boxes:
+        return Boxes(*(getattr(self, f)[mask] for f in self.__dataclass_fields__))
+
+
+def place_boxes(
+    frame: np.ndarray,
+    pixel_x: np.ndarray,
+    pixel_y: np.ndarray,
+    g: Geometry,
+    offset_jitter: np.ndarray | int = 0,
+    row_jitter: np.ndarray | int = 0,
+    shift_x: np.ndarray | int = 0,
+    shift_y: np.ndarray | int = 0,
+) -> Boxes:
+    """Box corners for candidate pixels (px). The localization box spans rows
+    ``pixel_y - height//2 - shift_y`` + [0, height) and columns ``pixel_x - loc_width//2 - shift_x``
+    + [0, loc_width); the spectral box starts at column ``pixel_x + spectral_offset +
+    offset_jitter - shift_x`` and row ``loc_row0 - row_jitter`` (the guide's ``sp_cor``)."""
+    px = np.asarray(pixel_x, dtype=np.int64)
+    py = np.asarray(pixel_y, dtype=np.int64)
+    loc_row0 = py - g.half_height - shift_y
+    loc_col0 = px - g.half_loc_width - shift_x
+    return Boxes(
+        frame=np.asarray(frame, dtype=np.int64),
+        loc_row0=np.broadcast_to(loc_row0, px.shape).astype(np.int64),
+        loc_col0=np.broadcast_to(loc_col0, px.shape).astype(np.int64),
+        spec_row0=np.broadcast_to(loc_row0 - row_jitter, px.shape).astype(np.int64),
+        spec_col0=np.broadcast_to(
+            px + g.spectral_offset + offset_jitter - shift_x, px.shape
+        ).astype(np.int64),
+    )
+
+
+def extract_patches(stack: Stack, boxes: Boxes, g: Geometry) -> np.ndarray:
+    """Cut (N, height, width) float32 patches (counts / 2**16) for in-frame boxes."""
+    rows_loc = boxes.loc_row0[:, None] + np.arange(g.height)[None, :]
+    rows_spec = boxes.spec_row0[:, None] + np.arange(g.height)[None, :]
+    cols_loc = boxes.loc_col0[:, None] + np.arange(g.loc_width)[None, :]
+    cols_spec = boxes.spec_col0[:, None] + np.arange(g.spectral_width)[None, :]
+    out = np.empty((len(boxes.frame), g.height, g.width), dtype=np.float32)
+    if np.array_equal(rows_loc, rows_spec):
+        cols = np.concatenate([cols_loc, cols_spec], axis=1)
+        out[:] = stack.gather(boxes.frame, rows_loc, cols)
+    else:
+        out[:, :, : g.loc_width] = stack.gather(boxes.frame, rows_loc, cols_loc)
+        out[:, :, g.loc_width :] = stack.gather(boxes.frame, rows_spec, cols_spec)
+    out /= np.float32(NORMALISATION)
+    return out
+
+
+def run_targets(raw: np.ndarray, run_starts: np.ndarray, g: Geometry, p: PatchParams):
+    """Leave-one-out SF targets for runs of raw patches (float32 (N,H,W), grouped by run).
+
+    Returns (target float32 in [0, target_max], sf_raw, sf_target) where sf_target is the SF of
+    the guide's target before the range limit (the quantity the guide's selection uses).
+    """
+    fused, sf_raw = leave_one_out_fusion(raw, run_starts)
+    target = clean_target(fused.astype(np.float32), g, p.amp_factor, p.tophat_radius)
+    sf_target = spatial_frequency(target)
+    target = limit_range(target, p.target_max).astype(np.float32)
+    return target, sf_raw, sf_target
+
+
+def _run_starts(run_ids: np.ndarray) -> np.ndarray:
+    if len(run_ids) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.r_[True, run_ids[1:] != run_ids[:-1]])
+
+
+class _Spool:
+    """Kept patches appended to .npy chunks in a temp dir, streamed to TIFF at the end."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.files: list[tuple[Path, Path]] = []
+        self.n = 0
+
+    def add(self, raw: np.ndarray, clean: np.ndarray) -> None:
+        if len(raw) == 0:
+            return
+        i = len(self.files)
+        pair = (self.dir / f"raw_{i:05d}.npy", self.dir / f"clean_{i:05d}.npy")
+        np.save(pair[0], raw.astype(np.float32))
+        np.save(pair[1], clean.astype(np.float32))
+        self.files.append(pair)
+        self.n += len(raw)
+
+    def pages(self, which: int) -> Iterator[np.ndarray]:
+        for pair in self.files:
+            arr = np.load(pair[which], mmap_mode="r")
+            yield from arr
+
+    def write(self, raw_path: Path, clean_path: Path, g: Geometry) -> None:
+        for which, path in ((0, raw_path), (1, clean_path)):
+            with atomic_path(path) as tmp:
+                with tifffile.TiffWriter(tmp) as tif:
+                    tif.write(
+                        self.pages(which),
+                        shape=(self.n, g.height, g.width),
+                        dtype=np.float32,
+                        photometric="minisblack",
+                        metadata={"axes": "QYX"},
+                    )
+
+
+def check_inside_stack(df: pd.DataFrame, stack: Stack, table: str | Path) -> None:
+    """Fail if localizations reference frames or pixels the stack does not have."""
+    h, w = stack.frame_shape
+    bad_frame = (df["frame"] < 1) | (df["frame"] > stack.n_frames)
+    bad_px = (df["pixel_x"] < 0) | (df["pixel_x"] >= w) | (df["pixel_y"] < 0) | (df["pixel_y"] >= h)
+    if bad_frame.any() or bad_px.any():
+        raise InputError(
+            table,
+            f"{int(bad_frame.sum())} localization(s) outside the stack's frames 1..{stack.n_frames} "
+            f"and {int(bad_px.sum())} outside its {w}x{h} px field ({stack.path})",
+            "check that the localization table belongs to this stack (and pixel_size_nm)",
+        )
+
+
+def check_geometry_fits(g: Geometry, frame_shape: tuple[int, int], stack_path) -> None:
+    h, w = frame_shape
+    need_w = g.half_loc_width + g.spectral_offset + g.spectral_width
+    if g.height > h or need_w > w:
+        raise InputError(
+            stack_path,
+            f"patch geometry (height {g.height}, loc box to spectral end {need_w} px) cannot fit "
+            f"the {w}x{h} px frames",
+            "reduce geometry.height / geometry.spectral_offset / geometry.spectral_width",
+        )
+
+
+def run_jitter(n_runs: int, p: PatchParams, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Per-run augmentation draws (integers, px), from the seeded generator, in run order."""
+    lo, hi = p.offset_jitter
+    return {
+        "offset_jitter": rng.integers(lo, hi + 1, n_runs),
+        "row_jitter": rng.integers(-p.row_jitter, p.row_jitter + 1, n_runs),
+        "shift_x": rng.integers(-p.box_shift, p.box_shift + 1, n_runs),
+        "shift_y": rng.integers(-p.box_shift, p.box_shift + 1, n_runs),
+    }
+
+
+def background_boxes(
+    locs: pd.DataFrame,
+    stack: Stack,
+    g: Geometry,
+    n_patches: int,
+    run_length: int,
+    rng: np.random.Generator,
+) -> tuple[Boxes, np.ndarray]:
+    """Random molecule-free boxes followed over ``run_length`` consecutive frames.
+
+    A box is rejected if any localization in its frames lies within ``height`` rows and
+    ``loc_width + spectral_width`` columns of its candidate pixel (its spot or its spectrum
+    could enter the box). Returns the boxes (grouped by box) and a group id per patch.
+    """
+    n_boxes = int(np.ceil(n_patches / run_length)) if n_patches > 0 else 0
+    h, w = stack.frame_shape
+    frames_needed = stack.n_frames - run_length + 1
+    if n_boxes == 0 or frames_needed < 1:
+        return place_boxes(np.zeros(0), np.zeros(0), np.zeros(0), g), np.zeros(0, dtype=np.int64)
+    x_lo, x_hi = g.half_loc_width, w - g.spectral_offset - g.spectral_width
+    y_lo, y_hi = g.half_height, h - (g.height - g.half_height)
+    if x_hi <= x_lo or y_hi <= y_lo:
+        return place_boxes(np.zeros(0), np.zeros(0), np.zeros(0), g), np.zeros(0, dtype=np.int64)
+    by_frame = locs.groupby("frame")[["pixel_x", "pixel_y"]]
+    frames_with = dict(list(by_frame))
+    chosen: list[tuple[int, int, int]] = []
+    attempts = 0
+    while len(chosen) < n_boxes and attempts < 50 * n_boxes:
+        attempts += 1
+        f0 = int(rng.integers(1, frames_needed + 1))
+        bx = int(rng.integers(x_lo, x_hi + 1))
+        by = int(rng.integers(y_lo, y_hi + 1))
+        clash = False
+        for f in range(f0, f0 + run_length):
+            near = frames_with.get(f)
+            if near is None:
+                continue
+            if (
+                (np.abs(near["pixel_y"].to_numpy() - by) < g.height)
+                & (np.abs(near["pixel_x"].to_numpy() - bx) < g.width)
+            ).any():
+                clash = True
+                break
+        if not clash:
+            chosen.append((f0, bx, by))
+    if len(chosen) < n_boxes:
+        log.warning(
+            "only %d of %d molecule-free background boxes found in %d attempts",
+            len(chosen),
+            n_boxes,
+            attempts,
+        )
+    f0 = np.repeat([c[0] for c in chosen], run_length) + np.tile(np.arange(run_length), len(chosen))
+    bx = np.repeat([c[1] for c in chosen], run_length)
+    by = np.repeat([c[2] for c in chosen], run_length)
+    group = np.repeat(np.arange(len(chosen)), run_length)
+    return place_boxes(f0, bx, by, g), group
+
+
+def prepare_patches(
+    clusters_path: str | Path,
+    localizations_path: str | Path,
+    stack_path: str | Path,
+    geometry: Geometry,
+    params: PatchParams,
+    seed: int,
+    acquisition: str,
+    min_run_length: int,
+    raw_tif: str | Path,
+    clean_tif: str | Path,
+    table_csv: str | Path,
+) -> dict[str, int]:
+    """The whole patch stage for one acquisition; writes raw.tif, clean.tif and patches.csv."""
+    g, p = geometry, params
+    runs = pd.read_csv(clusters_path)
+    runs = runs.sort_values(["cluster", "frame"], kind="stable").reset_index(drop=True)
+    rng = acquisition_seed(seed, acquisition, "patches")
+    counts: dict[str, int] = {"localizations_in_runs": len(runs)}
+    with Stack(stack_path) as stack:
+        check_geometry_fits(g, stack.frame_shape, stack_path)
+        check_inside_stack(runs, stack, clusters_path)
+        run_ids = runs["cluster"].to_numpy()
+        starts = _run_starts(run_ids)
+        n_runs = len(starts)
+        # one candidate pixel per run: the median of its localizations' pixels
+        med = runs.groupby("cluster", sort=True)[["pixel_x", "pixel_y"]].median()
+        run_px = np.floor(med["pixel_x"].to_numpy()).astype(np.int64)
+        run_py = np.floor(med["pixel_y"].to_numpy()).astype(np.int64)
+        jit = run_jitter(n_runs, p, rng)
+        run_index = np.repeat(np.arange(n_runs), np.diff(np.append(starts, len(runs))))
+        boxes = place_boxes(
+            runs["frame"].to_numpy(),
+            run_px[run_index],
+            run_py[run_index],
+            g,
+            jit["offset_jitter"][run_index],
+            jit["row_jitter"][run_index],
+            jit["shift_x"][run_index],
+            jit["shift_y"][run_index],
+        )
+        inside = boxes.inside(g, stack.frame_shape)
+        # a run is usable only if all its boxes are inside (they share one position)
+        run_inside = np.logical_and.reduceat(inside, starts) if n_runs else np.zeros(0, bool)
+        counts["runs"] = n_runs
+        counts["runs_outside_frame"] = int((~run_inside).sum())
+        if counts["runs_outside_frame"]:
+            log.info(
+                "%d of %d runs skipped: their boxes leave the frame",
+                counts["runs_outside_frame"],
+                n_runs,
+            )
+        tmpdir = Path(
+            tempfile.mkdtemp(
+                prefix=".patches_",
+                dir=Path(raw_tif).parent if Path(raw_tif).parent.exists() else None,
+            )
+        )
+        spool = _Spool(tmpdir)
+        rows: list[pd.DataFrame] = []
+        try:
+            kept_runs = np.flatnonzero(run_inside)
+            # runs in order of their first frame, so each chunk reads a compact frame range
+            first = runs["frame"].to_numpy()[starts[kept_runs]]
+            kept_runs = kept_runs[np.argsort(first, kind="stable")]
+            counts.update(dropped_ratio=0, dropped_dim=0, signal_patches=0)
+            for chunk in _chunks(kept_runs, starts, len(runs), p.chunk_size):
+                idx = np.concatenate(
+                    [np.arange(starts[r], _run_end(starts, r, len(runs))) for r in chunk]
+                )
+                sub = boxes.subset(idx)
+                raw = extract_patches(stack, sub, g)
+                cstarts = _run_starts(run_ids[idx])
+                target, sf_raw, sf_target = run_targets(raw, cstarts, g, p)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ratio = sf_target / sf_raw
+                keep = select_frames(ratio, cstarts)
+                counts["dropped_ratio"] += int((~keep).sum())
+                bright = raw[:, :, : g.loc_width].max(axis=(1, 2)) >= p.min_loc_max
+                counts["dropped_dim"] += int((keep & ~bright).sum())
+                keep &= bright
+                spool.add(raw[keep], target[keep])
+                table = runs.iloc[idx[keep]].copy()
+                r_of = run_index[idx[keep]]
+                table = table.assign(
+                    loc_row0=sub.loc_row0[keep],
+                    loc_col0=sub.loc_col0[keep],
+                    spec_row0=sub.spec_row0[keep],
+                    spec_col0=sub.spec_col0[keep],
+                    offset_jitter=jit["offset_jitter"][r_of],
+                    sf_raw=sf_raw[keep],
+                    sf_target=sf_target[keep],
+                    sf_ratio=ratio[keep],
+                    kind="signal",
+                )
+                rows.append(table)
+                counts["signal_patches"] += int(keep.sum())
+            log.info(
+                "signal patches: %d frames in %d usable runs; %d dropped by the SF-ratio rule, "
+                "%d dropped as dim (loc max < min_loc_max=%s); %d kept",
+                len(runs),
+                len(kept_runs),
+                counts["dropped_ratio"],
+                counts["dropped_dim"],
+                p.min_loc_max,
+                counts["signal_patches"],
+            )
+            counts["background_patches"] = 0
+            if p.background_patches > 0:
+                locs = pd.read_csv(localizations_path, usecols=["frame", "pixel_x", "pixel_y"])
+                bboxes, group = background_boxes(
+                    locs,
+                    stack,
+                    g,
+                    p.background_patches,
+                    min_run_length,
+                    acquisition_seed(seed, acquisition, "background"),
+                )
+                if len(group):
+                    raw = extract_patches(stack, bboxes, g)
+                    target, sf_raw, sf_target = run_targets(raw, _run_starts(group), g, p)
+                    n = min(p.background_patches, len(raw))
+                    spool.add(raw[:n], target[:n])
+                    rows.append(
+                        pd.DataFrame(
+                            {
+                                "frame": bboxes.frame[:n],
+                                "cluster": -1 - group[:n],
+                                "x": bboxes.loc_col0[:n] + g.half_loc_width + 0.5,
+                                "y": bboxes.loc_row0[:n] + g.half_height + 0.5,
+                                "pixel_x": bboxes.loc_col0[:n] + g.half_loc_width,
+                                "pixel_y": bboxes.loc_row0[:n] + g.half_height,
+                                "loc_row0": bboxes.loc_row0[:n],
+                                "loc_col0": bboxes.loc_col0[:n],
+                                "spec_row0": bboxes.spec_row0[:n],
+                                "spec_col0": bboxes.spec_col0[:n],
+                                "offset_jitter": 0,
+                                "sf_raw": sf_raw[:n],
+                                "sf_target": sf_target[:n],
+                                "sf_ratio": sf_target[:n]
+                                / np.where(sf_raw[:n] > 0, sf_raw[:n], np.nan),
+                                "kind": "background",
+                            }
+                        )
+                    )
+                    counts["background_patches"] = n
+                log.info(
+                    "background patches: %d (asked %d)",
+                    counts["background_patches"],
+                    p.background_patches,
+                )
+            if spool.n == 0:
+                raise InputError(
+                    clusters_path,
+                    f"no patch left after the thresholds ({counts['runs']} runs, "
+                    f"{counts['runs_outside_frame']} outside the frame, {counts['dropped_ratio']} "
+                    f"frames dropped by the SF ratio, {counts['dropped_dim']} as dim)",
+                    "lower patches.min_loc_max in config/config.yaml (it depends on the camera)",
+                )
+            table = pd.concat(rows, ignore_index=True)
+            table.insert(0, "acquisition", acquisition)
+            front = [
+                "acquisition",
+                "cluster",
+                "frame",
+                "x",
+                "y",
+                "signal",
+                "pixel_x",
+                "pixel_y",
+                "loc_row0",
+                "loc_col0",
+                "spec_row0",
+                "spec_col0",
+                "offset_jitter",
+                "sf_raw",
+                "sf_target",
+                "sf_ratio",
+                "kind",
+            ]
+            front = [c for c in front if c in table.columns]
+            table = table[front + [c for c in table.columns if c not in front]]
+            spool.write(Path(raw_tif), Path(clean_tif), g)
+            write_csv(table, table_csv)
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    counts["patches"] = spool.n
+    return counts
+
+
+def _run_end(starts: np.ndarray, r: int, n: int) -> int:
+    return int(starts[r + 1]) if r + 1 < len(starts) else n
+
+
+def _chunks(
+    run_list: np.ndarray, starts: np.ndarray, n: int, chunk_size: int
+) -> Iterator[np.ndarray]:
+    """Group runs so each chunk holds about ``chunk_size`` patches (a run is never split)."""
+    current: list[int] = []
+    size = 0
+    for r in run_list:
+        k = _run_end(starts, int(r), n) - int(starts[r])
+        if current and size + k > chunk_size:
+            yield np.asarray(current)
+            current, size = [], 0
+        current.append(int(r))
+        size += k
+    if current:
+        yield np.asarray(current)
+
+
+def read_patch_tif(path: str | Path) -> np.ndarray:
+    """Read an exported N x H x W patch TIFF."""
+    return tifffile.imread(path)

@@ -1,0 +1,61 @@
+# Config validation, the acquisitions sheet and input functions.
+import pandas as pd
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from srsmlm.errors import InputError
+from srsmlm.sheet import load_sheet, names_with_role
+
+
+validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+
+try:
+    SHEET = load_sheet(config["acquisitions"])
+except InputError as exc:
+    raise WorkflowError(str(exc))
+
+ACQUISITIONS = SHEET.index.tolist()
+TRAIN = names_with_role(SHEET, "train")
+APPLY = names_with_role(SHEET, "apply")
+SIMULATED = list(config["simulation"]["acquisitions"])
+
+
+wildcard_constraints:
+    acquisition="|".join(ACQUISITIONS),
+    sim="|".join(SIMULATED) if SIMULATED else "(?!)",
+
+
+def final_outputs():
+    """Everything `snakemake` builds by default."""
+    outputs = expand("results/{acquisition}/clusters.csv", acquisition=ACQUISITIONS)
+    if TRAIN:
+        outputs += ["results/dataset/train.npz", "results/dataset/test.npz"]
+    return outputs
+
+
+def acquisition(wildcards):
+    return SHEET.loc[wildcards.acquisition]
+
+
+def localization_table(wildcards):
+    return acquisition(wildcards)["localizations"]
+
+
+def raw_stack(wildcards):
+    return acquisition(wildcards)["stack"]
+
+
+def table_format(wildcards):
+    return acquisition(wildcards)["format"]
+
+
+def pixel_size(wildcards):
+    value = acquisition(wildcards)["pixel_size_nm"]
+    return None if pd.isna(value) else float(value)
+
+
+def simulation_params(wildcards):
+    """The simulation section for one simulated acquisition (its own photon budget only)."""
+    sim = {k: v for k, v in config["simulation"].items() if k != "acquisitions"}
+    sim["mean_photons"] = config["simulation"]["acquisitions"][wildcards.sim]
+    return sim
