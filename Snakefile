@@ -15,6 +15,6 @@ include: "workflow/rules/patches.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_outputs(),
-    default_target: True

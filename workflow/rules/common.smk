@@ -6,7 +6,6 @@ from snakemake.utils import validate
 from srsmlm.errors import InputError
 from srsmlm.sheet import load_sheet, names_with_role
 
-
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 try:

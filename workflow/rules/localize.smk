@@ -3,19 +3,19 @@ rule filter_localizations:
         table=localization_table,
     output:
         "results/{acquisition}/localizations.csv",
-    params:
-        format=table_format,
-        pixel_size_nm=pixel_size,
-        filter=config["filter"],
     log:
         "logs/{acquisition}/filter_localizations.log",
     benchmark:
         "benchmarks/{acquisition}/filter_localizations.tsv"
+    conda:
+        "../../envs/cpu.yaml"
     threads: 1
     resources:
         mem_mb=4000,
-    conda:
-        "../../envs/cpu.yaml"
+    params:
+        format=table_format,
+        pixel_size_nm=pixel_size,
+        filter=config["filter"],
     script:
         "../../scripts/filter_localizations.py"
 
@@ -25,16 +25,16 @@ rule cluster_localizations:
         "results/{acquisition}/localizations.csv",
     output:
         "results/{acquisition}/clusters.csv",
-    params:
-        clustering=config["clustering"],
     log:
         "logs/{acquisition}/cluster_localizations.log",
     benchmark:
         "benchmarks/{acquisition}/cluster_localizations.tsv"
+    conda:
+        "../../envs/cpu.yaml"
     threads: 1
     resources:
         mem_mb=4000,
-    conda:
-        "../../envs/cpu.yaml"
+    params:
+        clustering=config["clustering"],
     script:
         "../../scripts/cluster_localizations.py"

@@ -7,20 +7,20 @@ rule extract_patches:
         raw="results/{acquisition}/patches/raw.tif",
         clean="results/{acquisition}/patches/clean.tif",
         table="results/{acquisition}/patches/patches.csv",
+    log:
+        "logs/{acquisition}/extract_patches.log",
+    benchmark:
+        "benchmarks/{acquisition}/extract_patches.tsv"
+    conda:
+        "../../envs/cpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
     params:
         geometry=config["geometry"],
         patches=config["patches"],
         min_run_length=config["clustering"]["min_run_length"],
         seed=config["seed"],
-    log:
-        "logs/{acquisition}/extract_patches.log",
-    benchmark:
-        "benchmarks/{acquisition}/extract_patches.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-    conda:
-        "../../envs/cpu.yaml"
     script:
         "../../scripts/extract_patches.py"
 
@@ -34,18 +34,18 @@ rule build_dataset:
         train="results/dataset/train.npz",
         test="results/dataset/test.npz",
         index="results/dataset/index.csv",
-    params:
-        acquisitions=TRAIN,
-        split=config["split"],
-        seed=config["seed"],
     log:
         "logs/build_dataset.log",
     benchmark:
         "benchmarks/build_dataset.tsv"
+    conda:
+        "../../envs/cpu.yaml"
     threads: 1
     resources:
         mem_mb=8000,
-    conda:
-        "../../envs/cpu.yaml"
+    params:
+        acquisitions=TRAIN,
+        split=config["split"],
+        seed=config["seed"],
     script:
         "../../scripts/build_dataset.py"
