@@ -242,8 +242,8 @@ def background_boxes(
     """Random molecule-free boxes followed over ``run_length`` consecutive frames.
 
     A box is rejected if any localization in its frames lies within ``height`` rows and
-    ``loc_width + spectral_width`` columns of its candidate pixel (its spot or its spectrum
-    could enter the box). Returns the boxes (grouped by box) and a group id per patch.
+    ``max(loc_width, spectral_width)`` columns of its candidate pixel (its spot could enter the
+    localization box or its spectrum the spectral box). Returns the boxes (grouped by box) and a group id per patch.
     """
     n_boxes = int(np.ceil(n_patches / run_length)) if n_patches > 0 else 0
     h, w = stack.frame_shape
@@ -254,6 +254,7 @@ def background_boxes(
     y_lo, y_hi = g.half_height, h - (g.height - g.half_height)
     if x_hi <= x_lo or y_hi <= y_lo:
         return place_boxes(np.zeros(0), np.zeros(0), np.zeros(0), g), np.zeros(0, dtype=np.int64)
+    reach = max(g.loc_width, g.spectral_width)
     by_frame = locs.groupby("frame")[["pixel_x", "pixel_y"]]
     frames_with = dict(list(by_frame))
     chosen: list[tuple[int, int, int]] = []
@@ -270,7 +271,7 @@ def background_boxes(
                 continue
             if (
                 (np.abs(near["pixel_y"].to_numpy() - by) < g.height)
-                & (np.abs(near["pixel_x"].to_numpy() - bx) < g.width)
+                & (np.abs(near["pixel_x"].to_numpy() - bx) < reach)
             ).any():
                 clash = True
                 break

@@ -23,7 +23,9 @@ position noise and false detections) and a ground-truth table.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import uuid
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -97,6 +99,11 @@ def pixel_integrals(centres: np.ndarray, sd: np.ndarray | float, start: np.ndarr
     sd = np.broadcast_to(np.asarray(sd, dtype=float), centres.shape)[:, None]
     cdf = 0.5 * (1.0 + erf((edges - centres[:, None]) / (_SQRT2 * sd)))
     return np.diff(cdf, axis=1)
+
+
+def stack_uuid(seed: int, name: str) -> str:
+    """A UUID for the OME-XML header derived from seed and name (same config, same bytes)."""
+    return str(uuid.UUID(bytes=hashlib.md5(f"{seed}:{name}".encode()).digest()))
 
 
 def draw_emissions(p: SimulationParams, rng: np.random.Generator) -> pd.DataFrame:
@@ -329,7 +336,7 @@ def simulate_acquisition(
                 shape=(p.frames, p.height, p.width),
                 dtype=np.uint16,
                 photometric="minisblack",
-                metadata={"axes": "TYX"},
+                metadata={"axes": "TYX", "UUID": stack_uuid(seed, name)},
             )
     table = localizer_table(p, emissions, acquisition_seed(seed, name, "localizer"))
     with atomic_path(peakfit_path) as tmp:
@@ -354,3 +361,54 @@ def simulate_acquisition(
         stack_path,
     )
     return {"emissions": len(emissions), "localizations": len(table), "false": n_false}
+
+
+def write_micromanager_series(
+    frames: Iterator[np.ndarray],
+    shape: tuple[int, int, int],
+    first_path: str | Path,
+    frames_per_file: int,
+    seed: int = 0,
+) -> list[Path]:
+    """Write a uint16 stack split over several OME-TIFF files as Micro-Manager does
+    (``X_MMStack_Pos0.ome.tif``, ``X_MMStack_Pos0_1.ome.tif``, ...), every file carrying the
+    OME-XML that maps all frames to their file. Returns the file paths (the first opens all)."""
+    first_path = Path(first_path)
+    n, h, w = shape
+    stem = (
+        first_path.name[: -len(".ome.tif")]
+        if first_path.name.endswith(".ome.tif")
+        else first_path.stem
+    )
+    bounds = [(a, min(a + frames_per_file, n)) for a in range(0, n, frames_per_file)]
+    names = [f"{stem}.ome.tif" if i == 0 else f"{stem}_{i}.ome.tif" for i in range(len(bounds))]
+    ids = [stack_uuid(seed, name) for name in names]
+    planes = "".join(
+        f'<TiffData FirstT="{t}" FirstZ="0" FirstC="0" IFD="{t - a}" PlaneCount="1">'
+        f'<UUID FileName="{names[i]}">urn:uuid:{ids[i]}</UUID></TiffData>'
+        for i, (a, b) in enumerate(bounds)
+        for t in range(a, b)
+    )
+
+    def ome(i: int) -> str:
+        return (
+            '<?xml version="1.0" encoding="UTF-8"?>'
+            f'<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="urn:uuid:{ids[i]}">'
+            f'<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint16" '
+            f'SizeX="{w}" SizeY="{h}" SizeC="1" SizeZ="1" SizeT="{n}">'
+            '<Channel ID="Channel:0:0" SamplesPerPixel="1"/>' + planes + "</Pixels></Image></OME>"
+        )
+
+    paths = [first_path.with_name(nm) for nm in names]
+    it = iter(frames)
+    for i, (a, b) in enumerate(bounds):
+        with atomic_path(paths[i]) as tmp, tifffile.TiffWriter(tmp) as tif:
+            for t in range(a, b):
+                tif.write(
+                    next(it),
+                    description=ome(i) if t == a else None,
+                    metadata=None,
+                    contiguous=False,
+                    photometric="minisblack",
+                )
+    return paths

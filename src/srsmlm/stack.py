@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +102,10 @@ class Stack:
             return self._mm[frame - 1]
         try:
             page = self._series.pages[frame - 1]
-            return np.asarray(page.asarray()).reshape(self.frame_shape)
+            with warnings.catch_warnings():
+                # tifffile reopens the other files of a multi-file series on demand
+                warnings.filterwarnings("ignore", message=".*reading array from closed file")
+                return np.asarray(page.asarray()).reshape(self.frame_shape)
         except Exception as exc:
             raise InputError(
                 self.path,

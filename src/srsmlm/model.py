@@ -1,0 +1,108 @@
+"""The U-Net of the guide, built for any geometry and depth (Keras 3 on TensorFlow).
+
+Default (depth 3, 16 base filters, 6x6 kernels) reproduces the guide: encoder levels of 16/32/64
+filters, each a convolution and a stride-2 convolution with LeakyReLU(0.2) and batch norm, a
+128-filter bottleneck; decoder levels of Conv2DTranspose + concatenation with the skip +
+UpSampling2D + convolution; a 1x1 output convolution.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+from keras import layers  # noqa: E402
+
+from .errors import InputError  # noqa: E402
+from .geometry import Geometry  # noqa: E402
+
+ACTIVATIONS = ("sigmoid", "linear", "relu")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture; saved as JSON beside the weights (CSBDeep style)."""
+
+    depth: int = 3
+    base_filters: int = 16
+    kernel_size: int = 6
+    output_activation: str = "sigmoid"
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> ModelConfig:
+        return cls(**{k: section[k] for k in cls.__dataclass_fields__ if k in section})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_geometry(geometry: Geometry, config: ModelConfig) -> None:
+    """The patch must halve ``depth`` times: height and width divisible by 2**depth."""
+    f = 2**config.depth
+    if geometry.height % f or geometry.width % f:
+        raise InputError(
+            "config/config.yaml",
+            f"model.depth={config.depth} needs patch height and width divisible by {f}, but the "
+            f"geometry gives {geometry.height} x {geometry.width}",
+            "lower model.depth or change geometry.height / loc_width / spectral_width",
+        )
+    if config.output_activation not in ACTIVATIONS:
+        raise InputError(
+            "config/config.yaml",
+            f"unknown model.output_activation '{config.output_activation}'",
+            f"use one of {', '.join(ACTIVATIONS)}",
+        )
+
+
+def _conv(x, filters: int, k: int, strides: int = 1):
+    x = layers.Conv2D(filters, k, strides=strides, padding="same", kernel_initializer="he_normal")(
+        x
+    )
+    x = layers.LeakyReLU(negative_slope=0.2)(x)
+    return layers.BatchNormalization(axis=-1)(x)
+
+
+def build_unet(geometry: Geometry, config: ModelConfig) -> keras.Model:
+    """U-Net mapping (height, width, 1) raw patches to clean patches of the same shape."""
+    check_geometry(geometry, config)
+    k, b = config.kernel_size, config.base_filters
+    inputs = keras.Input((geometry.height, geometry.width, 1), name="raw")
+    x = inputs
+    skips = []
+    for level in range(config.depth):
+        x = _conv(x, b * 2**level, k)
+        x = _conv(x, b * 2**level, k, strides=2)
+        skips.append(x)
+    x = _conv(x, b * 2**config.depth, k)
+    for level in reversed(range(config.depth)):
+        x = layers.Conv2DTranspose(b * 2**level, k, padding="same")(x)
+        x = layers.Concatenate()([x, skips[level]])
+        x = layers.UpSampling2D(size=2)(x)
+        x = _conv(x, b * 2**level, k)
+    outputs = layers.Conv2D(1, 1, activation=config.output_activation, name="clean")(x)
+    return keras.Model(inputs, outputs, name="srsmlm_unet")
+
+
+def read_model_json(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def load_model(model_path: str | Path, meta_path: str | Path, geometry: Geometry) -> keras.Model:
+    """Load a trained model; refuse it if it was trained for another patch geometry."""
+    meta = read_model_json(meta_path)
+    trained = Geometry.from_config(meta["geometry"])
+    if trained != geometry:
+        raise InputError(
+            meta_path,
+            f"the model was trained for geometry {trained.to_dict()} but the config says "
+            f"{geometry.to_dict()}",
+            "use the geometry the model was trained with, or retrain (rerun train_unet)",
+        )
+    return keras.models.load_model(model_path, compile=False)

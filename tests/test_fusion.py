@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.morphology import disk
+
+from srsmlm.fusion import (
+    clean_target,
+    leave_one_out_fusion,
+    limit_range,
+    select_frames,
+    spatial_frequency,
+    white_tophat_disk,
+)
+from srsmlm.geometry import Geometry
+
+
+def test_spatial_frequency_hand_computed():
+    f = np.array([[1.0, 2.0, 4.0], [1.0, 3.0, 3.0]])
+    # row diffs: (1, 2), (2, 0) -> 1 + 4 + 4 + 0 = 9; column diffs: (0, 1, -1) -> 2; MN = 6
+    expected = np.sqrt(9 / 6 + 2 / 6)
+    assert spatial_frequency(f) == pytest.approx(expected)
+    assert spatial_frequency(np.stack([f, 2 * f])) == pytest.approx([expected, 2 * expected])
+    assert spatial_frequency(np.ones((4, 5))) == 0.0
+
+
+def _naive_loo(patches):
+    out = []
+    for i in range(len(patches)):
+        others = np.delete(patches, i, axis=0)
+        sf = spatial_frequency(others)
+        out.append((others * sf[:, None, None]).sum(0) / sf.sum())
+    return np.array(out)
+
+
+def test_leave_one_out_equals_naive(rng):
+    runs = [rng.random((k, 4, 6)) for k in (2, 3, 9, 17)]
+    patches = np.concatenate(runs)
+    starts = np.cumsum([0] + [len(r) for r in runs[:-1]])
+    fused, sf = leave_one_out_fusion(patches, starts)
+    naive = np.concatenate([_naive_loo(r) for r in runs])
+    np.testing.assert_allclose(fused, naive, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(sf, spatial_frequency(patches))
+
+
+def test_leave_one_out_flat_others_and_single_frame():
+    flat = np.ones((3, 2, 2))
+    flat[0] = 5.0 + np.eye(2)  # only frame 0 has structure
+    fused, _ = leave_one_out_fusion(flat, np.array([0]))
+    np.testing.assert_allclose(fused[0], 1.0)  # others have SF 0 -> plain mean
+    single, _ = leave_one_out_fusion(np.ones((1, 2, 2)), np.array([0]))
+    assert (single == 0).all()
+
+
+@pytest.mark.parametrize("radius", [0, 1, 4, 10])
+def test_white_tophat_equals_scipy(rng, radius):
+    img = rng.random((5, 16, 48)).astype(np.float32)
+    got = white_tophat_disk(img, radius)
+    if radius == 0:
+        assert (got == 0).all()
+        return
+    ref = np.stack([ndimage.white_tophat(x, footprint=disk(radius), mode="reflect") for x in img])
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_clean_target_normalises_each_part():
+    g = Geometry(4, 4, 6, 10)
+    fused = np.zeros((1, 4, 10))
+    fused[0, 1, 1] = 8.0  # localization part peak
+    fused[0, 2, 7] = 2.0  # spectral part peak
+    t = clean_target(fused, g, amp_factor=0.5, tophat_radius=1)
+    assert t[0, 1, 1] == pytest.approx(1.0)  # / its max
+    assert t[0, 2, 7] == pytest.approx(2.0)  # / (0.5 * its max)
+    assert t.min() >= 0
+
+
+def test_limit_range_keeps_ratio():
+    t = np.array([[[0.5, 2.0]], [[0.2, 0.4]]])
+    out = limit_range(t, 1.0)
+    np.testing.assert_allclose(out[0], [[0.25, 1.0]])
+    np.testing.assert_allclose(out[1], t[1])  # never scaled up
+    assert limit_range(t, None) is t
+
+
+def test_select_frames_guide_rule():
+    # run 0: ratios 1..5 -> range 4 -> keep > 2; run 1: 10, 10.5 -> range .5 -> keep > .25 (all)
+    ratio = np.array([1, 2, 3, 4, 5, 10, 10.5, np.nan])
+    keep = select_frames(ratio, np.array([0, 5]))
+    assert keep.tolist() == [False, False, True, True, True, True, True, False]

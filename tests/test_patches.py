@@ -1,0 +1,260 @@
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from srsmlm.clustering import cluster_stage
+from srsmlm.errors import InputError
+from srsmlm.geometry import Geometry
+from srsmlm.localizations import filter_stage
+from srsmlm.patches import PatchParams, place_boxes, prepare_patches, run_jitter
+
+G = Geometry(16, 16, 48, 230)
+NOJIT = dict(offset_jitter=(0, 0), row_jitter=0, box_shift=0, min_loc_max=0.0, background_patches=0)
+
+
+def synthetic(tmp_path, n_frames=12, spots=((40, 30),), frame_shape=(64, 320), value=3000):
+    """Stack with a bright pixel at each spot's candidate pixel and a marker 5 px into its
+    spectral box; a run over all frames per spot."""
+    h, w = frame_shape
+    rng = np.random.default_rng(0)
+    stack = (100 + rng.integers(0, 5, (n_frames, h, w))).astype(np.uint16)
+    rows = []
+    for k, (px, py) in enumerate(spots):
+        for f in range(n_frames):
+            v = value + 100 * f
+            stack[f, py, px] = v
+            if px + 235 < w:
+                stack[f, py, px + 235] = v // 2
+            rows.append(
+                {
+                    "frame": f + 1,
+                    "x": px + 0.5,
+                    "y": py + 0.5,
+                    "signal": 1000.0,
+                    "pixel_x": px,
+                    "pixel_y": py,
+                    "cluster": k,
+                }
+            )
+    sp = tmp_path / "stack.ome.tif"
+    tifffile.imwrite(sp, stack, ome=True, metadata={"axes": "TYX"})
+    cp = tmp_path / "clusters.csv"
+    pd.DataFrame(rows).to_csv(cp, index=False)
+    return sp, cp, stack
+
+
+def run(tmp_path, sp, cp, params=None, seed=1, out="out"):
+    o = tmp_path / out
+    counts = prepare_patches(
+        cp,
+        cp,
+        sp,
+        G,
+        params or PatchParams(**NOJIT),
+        seed,
+        "acq",
+        9,
+        o / "raw.tif",
+        o / "clean.tif",
+        o / "patches.csv",
+    )
+    return counts, o
+
+
+def test_box_coordinates_against_hand_placed_spots(tmp_path):
+    sp, cp, stack = synthetic(tmp_path, spots=((40, 30), (20, 45)))
+    counts, o = run(tmp_path, sp, cp)
+    raw = tifffile.imread(o / "raw.tif")
+    table = pd.read_csv(o / "patches.csv")
+    assert raw.shape == (24, 16, 64) and raw.dtype == np.float32
+    assert len(table) == 24 and counts["patches"] == 24
+    for i, row in table.iterrows():
+        f = int(row["frame"])
+        v = (3000 + 100 * (f - 1)) / 2**16
+        assert raw[i, 8, 8] == pytest.approx(v)  # spot at the box centre
+        assert raw[i, 8, 16 + 5] == pytest.approx((3000 + 100 * (f - 1)) // 2 / 2**16)
+        assert row["loc_col0"] == row["pixel_x"] - 8 and row["loc_row0"] == row["pixel_y"] - 8
+        assert row["spec_col0"] == row["pixel_x"] + 230
+        y0, x0 = int(row["loc_row0"]), int(row["loc_col0"])
+        np.testing.assert_allclose(raw[i, :, :16], stack[f - 1, y0 : y0 + 16, x0 : x0 + 16] / 2**16)
+
+
+def test_place_boxes_with_jitter():
+    b = place_boxes(
+        np.array([1]),
+        np.array([40]),
+        np.array([30]),
+        G,
+        offset_jitter=5,
+        row_jitter=-1,
+        shift_x=2,
+        shift_y=-3,
+    )
+    assert (b.loc_row0[0], b.loc_col0[0], b.spec_row0[0], b.spec_col0[0]) == (
+        25,
+        30,
+        26,
+        40 + 230 + 5 - 2,
+    )
+
+
+def test_run_jitter_ranges_and_seed():
+    p = PatchParams(offset_jitter=(-10, 20), row_jitter=1, box_shift=6)
+    j = run_jitter(5000, p, np.random.default_rng(0))
+    assert j["offset_jitter"].min() == -10 and j["offset_jitter"].max() == 20
+    assert set(np.unique(j["row_jitter"])) == {-1, 0, 1}
+    assert j["shift_x"].min() == -6 and j["shift_x"].max() == 6
+    j2 = run_jitter(5000, p, np.random.default_rng(0))
+    assert all(np.array_equal(j[k], j2[k]) for k in j)
+
+
+def test_out_of_frame_runs_are_skipped_and_counted(tmp_path):
+    sp, cp, _ = synthetic(tmp_path, spots=((40, 30), (40, 3)))  # second: box leaves the top
+    counts, o = run(tmp_path, sp, cp)
+    assert counts["runs_outside_frame"] == 1
+    assert set(pd.read_csv(o / "patches.csv")["cluster"]) == {0}
+
+
+def test_dim_threshold_and_no_patch_error(tmp_path):
+    sp, cp, _ = synthetic(tmp_path)
+    # value 3000..4100 ADU -> 0.046..0.063 after /2**16: a 0.05 threshold drops the first frames
+    counts, _ = run(tmp_path, sp, cp, PatchParams(**{**NOJIT, "min_loc_max": 0.05}))
+    assert counts["dropped_dim"] == 3 and counts["patches"] == 9
+    with pytest.raises(InputError, match="patches.min_loc_max"):
+        run(tmp_path, sp, cp, PatchParams(**{**NOJIT, "min_loc_max": 0.5}), out="none")
+    assert not (tmp_path / "none" / "raw.tif").exists()
+    assert not (tmp_path / "none" / "patches.csv").exists()
+
+
+def test_targets_in_range_and_selection_rule(tiny_acquisition, tmp_path):
+    loc = tmp_path / "loc.csv"
+    clu = tmp_path / "clu.csv"
+    filter_stage(tiny_acquisition["peakfit"], "peakfit", None, 300, [10, 220], [10, 250], loc)
+    cluster_stage(loc, 0.001, 3, 9, clu)
+    p = PatchParams(min_loc_max=0.0035)
+    o = tmp_path / "p"
+    counts = prepare_patches(
+        clu,
+        loc,
+        tiny_acquisition["stack"],
+        G,
+        p,
+        3,
+        "tiny",
+        9,
+        o / "raw.tif",
+        o / "clean.tif",
+        o / "patches.csv",
+    )
+    clean = tifffile.imread(o / "clean.tif")
+    table = pd.read_csv(o / "patches.csv")
+    assert clean.min() >= 0 and clean.max() <= 1.0
+    assert len(table) == len(clean) == counts["patches"]
+    sig = table[table["kind"] == "signal"]
+    for _, run_rows in sig.groupby("cluster"):
+        # every kept frame passed the guide's rule within its run
+        assert (run_rows["sf_ratio"] > 0).all()
+    assert {
+        "acquisition",
+        "cluster",
+        "frame",
+        "x",
+        "y",
+        "loc_row0",
+        "spec_col0",
+        "sf_raw",
+        "sf_target",
+        "kind",
+    } <= set(table.columns)
+
+
+def test_same_seed_same_bytes_and_seed_changes_jitter(tiny_acquisition, tmp_path):
+    loc, clu = tmp_path / "loc.csv", tmp_path / "clu.csv"
+    filter_stage(tiny_acquisition["peakfit"], "peakfit", None, 300, None, None, loc)
+    cluster_stage(loc, 0.001, 3, 9, clu)
+    p = PatchParams(min_loc_max=0.0, background_patches=20, chunk_size=100)
+    digests = []
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        o = tmp_path / name
+        prepare_patches(
+            clu,
+            loc,
+            tiny_acquisition["stack"],
+            G,
+            p,
+            seed,
+            "tiny",
+            9,
+            o / "raw.tif",
+            o / "clean.tif",
+            o / "patches.csv",
+        )
+        digests.append(
+            tuple(
+                hashlib.sha256((o / f).read_bytes()).hexdigest()
+                for f in ("raw.tif", "clean.tif", "patches.csv")
+            )
+        )
+    assert digests[0] == digests[1]
+    assert digests[0] != digests[2]
+
+
+def test_bad_inputs(tmp_path):
+    sp, cp, _ = synthetic(tmp_path)
+    with pytest.raises(InputError, match="raw stack not found"):
+        prepare_patches(
+            cp,
+            cp,
+            tmp_path / "nope.tif",
+            G,
+            PatchParams(**NOJIT),
+            1,
+            "a",
+            9,
+            tmp_path / "r.tif",
+            tmp_path / "c.tif",
+            tmp_path / "p.csv",
+        )
+    bad = pd.read_csv(cp)
+    bad.loc[0, "frame"] = 99
+    bad.loc[1, "pixel_x"] = 1000
+    bp = tmp_path / "bad.csv"
+    bad.to_csv(bp, index=False)
+    with pytest.raises(
+        InputError, match="1 localization.* outside the stack's frames 1..12 and 1 outside"
+    ):
+        run(tmp_path, sp, bp)
+    big = Geometry(16, 16, 48, 300)
+    with pytest.raises(InputError, match="cannot fit"):
+        prepare_patches(
+            cp,
+            cp,
+            sp,
+            big,
+            PatchParams(**NOJIT),
+            1,
+            "a",
+            9,
+            tmp_path / "r.tif",
+            tmp_path / "c.tif",
+            tmp_path / "p.csv",
+        )
+    assert not (tmp_path / "r.tif").exists()
+
+
+def test_background_patches_avoid_molecules(tmp_path):
+    sp, cp, _ = synthetic(tmp_path, spots=((40, 30),), frame_shape=(64, 420))
+    counts, o = run(tmp_path, sp, cp, PatchParams(**{**NOJIT, "background_patches": 20}))
+    table = pd.read_csv(o / "patches.csv")
+    bg = table[table["kind"] == "background"]
+    assert counts["background_patches"] == 20 and len(bg) == 20
+    assert (bg["cluster"] < 0).all()
+    # boxes of 9 consecutive frames, away from the molecule's spot and spectrum
+    assert (((bg["pixel_x"] - 40).abs() >= 48) | ((bg["pixel_y"] - 30).abs() >= 16)).all()
+    for _, box in bg.groupby("cluster"):
+        assert np.array_equal(np.diff(box["frame"]), np.ones(len(box) - 1))
+    clean = tifffile.imread(o / "clean.tif")
+    assert clean.shape == (32, 16, 64) and clean.min() >= 0 and clean.max() <= 1
