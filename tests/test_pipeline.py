@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from .pipeline import make_workdir, snakemake, tiny_config
+from .pipeline import make_workdir, snakemake, tiny_config, write_config
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +29,36 @@ def test_pipeline_outputs(tiny_run):
         assert (wd / f"benchmarks/{name}/extract_patches.tsv").exists()
         assert (wd / f"logs/{name}/filter_localizations.log").read_text().strip()
     assert (wd / "results/dataset/train.npz").exists()
+    for out in (
+        "model/unet.keras",
+        "model/model.json",
+        "model/history.csv",
+        "evaluation/test_metrics.json",
+        "tiny_a/denoised/denoised.tif",
+        "tiny_a/spectra.csv",
+        "evaluation/metrics.json",
+        "report/summary.json",
+        "report/montage.png",
+    ):
+        assert (wd / "results" / out).exists(), out
+    # inference: one patch per filtered localization (minus those listed as skipped), same order
+    loc = pd.read_csv(wd / "results/tiny_a/localizations.csv")
+    den = pd.read_csv(wd / "results/tiny_a/denoised/patches.csv")
+    skipped = pd.read_csv(wd / "results/tiny_a/denoised/skipped.csv")
+    assert len(den) + len(skipped) == len(loc)
+    assert den["localization_index"].is_monotonic_increasing
+    spectra = pd.read_csv(wd / "results/tiny_a/spectra.csv")
+    assert {
+        "frame",
+        "x",
+        "y",
+        "sc_raw_nm",
+        "sc_denoised_nm",
+        "fit_raw_centre_nm",
+        "dye_denoised",
+    } <= set(spectra.columns)
+    assert len(spectra) == len(den)
+    assert not (wd / "results/tiny_b/spectra.csv").exists()  # role train only
 
 
 def test_nothing_to_do_after_a_run(tiny_run):
@@ -63,3 +93,65 @@ def test_filter_removing_everything_fails_cleanly(tmp_path):
     assert proc.returncode != 0
     assert "no localization left after filtering" in proc.stdout + proc.stderr
     assert not (wd / "results/tiny_a/localizations.csv").exists()
+
+
+def _planned_jobs(workdir) -> dict[str, int]:
+    """Rules a dry run would execute, with their job counts."""
+    proc = snakemake(workdir, "-n", "--cores", "1")
+    out = proc.stdout + proc.stderr
+    jobs: dict[str, int] = {}
+    if "Job stats:" in out:
+        table = out.split("Job stats:")[1].splitlines()[3:]
+        for line in table:
+            parts = line.split()
+            if len(parts) != 2 or parts[0] == "total":
+                break
+            jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+@pytest.mark.parametrize(
+    "section, key, value, expected, not_expected",
+    [
+        (
+            "clustering",
+            "min_run_length",
+            10,
+            {"cluster_localizations", "extract_patches", "build_dataset", "train_unet", "spectra"},
+            {"simulate", "filter_localizations"},
+        ),
+        (
+            "training",
+            "learning_rate",
+            0.002,
+            {"train_unet", "evaluate_test", "denoise_acquisition", "spectra", "plot_report"},
+            {
+                "simulate",
+                "filter_localizations",
+                "cluster_localizations",
+                "extract_patches",
+                "build_dataset",
+            },
+        ),
+        (
+            "spectra",
+            "profile_rows",
+            6,
+            {"spectra", "evaluate", "plot_report"},
+            {"train_unet", "denoise_acquisition", "extract_patches"},
+        ),
+    ],
+)
+def test_param_change_reruns_only_affected_stages(
+    tiny_run, section, key, value, expected, not_expected
+):
+    assert _planned_jobs(tiny_run) == {}
+    cfg = tiny_config()
+    cfg[section][key] = value
+    write_config(tiny_run, cfg)
+    try:
+        jobs = set(_planned_jobs(tiny_run))
+    finally:
+        write_config(tiny_run, tiny_config())
+    assert expected <= jobs, jobs
+    assert not (not_expected & jobs), jobs

@@ -62,13 +62,14 @@ def split_runs(cluster: np.ndarray, frame: np.ndarray, min_run_length: int) -> n
 def cluster_localizations(
     df: pd.DataFrame, eps: float, min_samples: int, min_run_length: int
 ) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Add ``dbscan_cluster`` and ``cluster`` (run id) and keep rows in runs.
+    """Add ``localization_index`` (row in ``df``), ``dbscan_cluster`` and ``cluster`` (run id)
+    and keep rows in runs.
 
     Returns rows of kept runs sorted by (cluster, frame), and counts for the log.
     """
     labels = dbscan_pixels(df["pixel_x"].to_numpy(), df["pixel_y"].to_numpy(), eps, min_samples)
     runs = split_runs(labels, df["frame"].to_numpy(), min_run_length)
-    out = df.assign(dbscan_cluster=labels, cluster=runs)
+    out = df.assign(localization_index=np.arange(len(df)), dbscan_cluster=labels, cluster=runs)
     kept = out[out["cluster"] >= 0].sort_values(["cluster", "frame"], kind="stable")
     counts = {
         "input": len(df),

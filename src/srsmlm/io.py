@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,3 +55,50 @@ def write_tif(array: np.ndarray, path: str | Path) -> None:
     """Write an N x H x W array as a (deterministic, no timestamp) TIFF, atomically."""
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, array, photometric="minisblack", metadata={"axes": "QYX"})
+
+
+class PatchSpool:
+    """Patches appended chunk by chunk to .npy files in a temporary folder, then streamed page
+    by page into N x H x W float32 TIFFs: memory stays bounded by one chunk."""
+
+    def __init__(self, directory: str | Path, names: tuple[str, ...]):
+        self.dir = Path(directory)
+        self.names = names
+        self.files: list[dict[str, Path]] = []
+        self.n = 0
+
+    def add(self, **arrays: np.ndarray) -> None:
+        n = len(next(iter(arrays.values())))
+        if n == 0:
+            return
+        if set(arrays) != set(self.names) or any(len(a) != n for a in arrays.values()):
+            raise ValueError(f"PatchSpool.add needs {self.names} of equal length")
+        i = len(self.files)
+        chunk = {name: self.dir / f"{name}_{i:05d}.npy" for name in self.names}
+        for name, path in chunk.items():
+            np.save(path, np.asarray(arrays[name], dtype=np.float32))
+        self.files.append(chunk)
+        self.n += n
+
+    def pages(self, name: str):
+        for chunk in self.files:
+            yield from np.load(chunk[name], mmap_mode="r")
+
+    def write(self, paths: dict[str, str | Path], shape: tuple[int, int]) -> None:
+        """Write each named stack to its TIFF (atomically)."""
+        for name, path in paths.items():
+            with atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as tif:
+                tif.write(
+                    self.pages(name),
+                    shape=(self.n, *shape),
+                    dtype=np.float32,
+                    photometric="minisblack",
+                    metadata={"axes": "QYX"},
+                )
+
+
+def spool_dir(beside: str | Path) -> Path:
+    """A fresh hidden temporary folder next to an output (same disk, cleaned by the caller)."""
+    parent = Path(beside).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".spool_", dir=parent))

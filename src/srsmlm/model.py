@@ -24,6 +24,21 @@ from .errors import InputError  # noqa: E402
 from .geometry import Geometry  # noqa: E402
 
 ACTIVATIONS = ("sigmoid", "linear", "relu")
+INPUT_NORMALISATIONS = ("minmax", "none")
+
+
+@keras.saving.register_keras_serializable(package="srsmlm")
+class MinMaxNormalisation(layers.Layer):
+    """Scales each input patch to [0, 1] by its own minimum and maximum.
+
+    Makes the network independent of camera offset and gain (raw counts / 2**16 are ~1e-3 on a
+    low-gain camera, ~1e-1 on an EMCCD) while the stored patches keep the guide's units.
+    """
+
+    def call(self, x):
+        lo = keras.ops.min(x, axis=(1, 2, 3), keepdims=True)
+        hi = keras.ops.max(x, axis=(1, 2, 3), keepdims=True)
+        return (x - lo) / keras.ops.maximum(hi - lo, 1e-12)
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,7 @@ class ModelConfig:
     base_filters: int = 16
     kernel_size: int = 6
     output_activation: str = "sigmoid"
+    input_normalisation: str = "none"
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> ModelConfig:
@@ -52,6 +68,12 @@ def check_geometry(geometry: Geometry, config: ModelConfig) -> None:
             f"model.depth={config.depth} needs patch height and width divisible by {f}, but the "
             f"geometry gives {geometry.height} x {geometry.width}",
             "lower model.depth or change geometry.height / loc_width / spectral_width",
+        )
+    if config.input_normalisation not in INPUT_NORMALISATIONS:
+        raise InputError(
+            "config/config.yaml",
+            f"unknown model.input_normalisation '{config.input_normalisation}'",
+            f"use one of {', '.join(INPUT_NORMALISATIONS)}",
         )
     if config.output_activation not in ACTIVATIONS:
         raise InputError(
@@ -74,7 +96,11 @@ def build_unet(geometry: Geometry, config: ModelConfig) -> keras.Model:
     check_geometry(geometry, config)
     k, b = config.kernel_size, config.base_filters
     inputs = keras.Input((geometry.height, geometry.width, 1), name="raw")
-    x = inputs
+    x = (
+        MinMaxNormalisation(name="minmax")(inputs)
+        if config.input_normalisation == "minmax"
+        else inputs
+    )
     skips = []
     for level in range(config.depth):
         x = _conv(x, b * 2**level, k)

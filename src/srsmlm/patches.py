@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from .fusion import (
     spatial_frequency,
 )
 from .geometry import Geometry
-from .io import atomic_path, write_csv
+from .io import PatchSpool, spool_dir, write_csv
 from .simulate import acquisition_seed
 from .stack import NORMALISATION, Stack
 
@@ -156,42 +155,6 @@ def _run_starts(run_ids: np.ndarray) -> np.ndarray:
     if len(run_ids) == 0:
         return np.zeros(0, dtype=np.int64)
     return np.flatnonzero(np.r_[True, run_ids[1:] != run_ids[:-1]])
-
-
-class _Spool:
-    """Kept patches appended to .npy chunks in a temp dir, streamed to TIFF at the end."""
-
-    def __init__(self, directory: Path):
-        self.dir = directory
-        self.files: list[tuple[Path, Path]] = []
-        self.n = 0
-
-    def add(self, raw: np.ndarray, clean: np.ndarray) -> None:
-        if len(raw) == 0:
-            return
-        i = len(self.files)
-        pair = (self.dir / f"raw_{i:05d}.npy", self.dir / f"clean_{i:05d}.npy")
-        np.save(pair[0], raw.astype(np.float32))
-        np.save(pair[1], clean.astype(np.float32))
-        self.files.append(pair)
-        self.n += len(raw)
-
-    def pages(self, which: int) -> Iterator[np.ndarray]:
-        for pair in self.files:
-            arr = np.load(pair[which], mmap_mode="r")
-            yield from arr
-
-    def write(self, raw_path: Path, clean_path: Path, g: Geometry) -> None:
-        for which, path in ((0, raw_path), (1, clean_path)):
-            with atomic_path(path) as tmp:
-                with tifffile.TiffWriter(tmp) as tif:
-                    tif.write(
-                        self.pages(which),
-                        shape=(self.n, g.height, g.width),
-                        dtype=np.float32,
-                        photometric="minisblack",
-                        metadata={"axes": "QYX"},
-                    )
 
 
 def check_inside_stack(df: pd.DataFrame, stack: Stack, table: str | Path) -> None:
@@ -343,13 +306,8 @@ def prepare_patches(
                 counts["runs_outside_frame"],
                 n_runs,
             )
-        tmpdir = Path(
-            tempfile.mkdtemp(
-                prefix=".patches_",
-                dir=Path(raw_tif).parent if Path(raw_tif).parent.exists() else None,
-            )
-        )
-        spool = _Spool(tmpdir)
+        tmpdir = spool_dir(raw_tif)
+        spool = PatchSpool(tmpdir, ("raw", "clean"))
         rows: list[pd.DataFrame] = []
         try:
             kept_runs = np.flatnonzero(run_inside)
@@ -372,7 +330,7 @@ def prepare_patches(
                 bright = raw[:, :, : g.loc_width].max(axis=(1, 2)) >= p.min_loc_max
                 counts["dropped_dim"] += int((keep & ~bright).sum())
                 keep &= bright
-                spool.add(raw[keep], target[keep])
+                spool.add(raw=raw[keep], clean=target[keep])
                 table = runs.iloc[idx[keep]].copy()
                 r_of = run_index[idx[keep]]
                 table = table.assign(
@@ -413,7 +371,7 @@ def prepare_patches(
                     raw = extract_patches(stack, bboxes, g)
                     target, sf_raw, sf_target = run_targets(raw, _run_starts(group), g, p)
                     n = min(p.background_patches, len(raw))
-                    spool.add(raw[:n], target[:n])
+                    spool.add(raw=raw[:n], clean=target[:n])
                     rows.append(
                         pd.DataFrame(
                             {
@@ -473,7 +431,7 @@ def prepare_patches(
             ]
             front = [c for c in front if c in table.columns]
             table = table[front + [c for c in table.columns if c not in front]]
-            spool.write(Path(raw_tif), Path(clean_tif), g)
+            spool.write({"raw": raw_tif, "clean": clean_tif}, g.shape)
             write_csv(table, table_csv)
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)

@@ -19,6 +19,17 @@ APPLY = names_with_role(SHEET, "apply")
 SIMULATED = list(config["simulation"]["acquisitions"])
 
 
+def truth_table(name):
+    """The simulator's truth for an acquisition whose stack is a simulated one, else None."""
+    for sim in SIMULATED:
+        if SHEET.loc[name, "stack"] == f"results/simulated/{sim}/stack.ome.tif":
+            return f"results/simulated/{sim}/truth.csv"
+    return None
+
+
+EVALUATED = [a for a in APPLY if truth_table(a)]
+
+
 wildcard_constraints:
     acquisition="|".join(ACQUISITIONS),
     sim="|".join(SIMULATED) if SIMULATED else "(?!)",
@@ -28,7 +39,11 @@ def final_outputs():
     """Everything `snakemake` builds by default."""
     outputs = expand("results/{acquisition}/clusters.csv", acquisition=ACQUISITIONS)
     if TRAIN:
-        outputs += ["results/dataset/train.npz", "results/dataset/test.npz"]
+        outputs += ["results/model/unet.keras", "results/evaluation/test_metrics.json"]
+        outputs += expand("results/{acquisition}/spectra.csv", acquisition=APPLY)
+        if APPLY:
+            outputs += ["results/report/summary.json"]
+        outputs += evaluation_metrics()
     return outputs
 
 
@@ -58,3 +73,20 @@ def simulation_params(wildcards):
     sim = {k: v for k, v in config["simulation"].items() if k != "acquisitions"}
     sim["mean_photons"] = config["simulation"]["acquisitions"][wildcards.sim]
     return sim
+
+
+def normalisation():
+    """How patches are scaled, recorded beside the model weights."""
+    return {
+        "input": "raw camera counts / 2**16 (no offset subtraction)",
+        "input_divisor": 65536,
+        "target": "leave-one-out SF fusion; parts / max (spectral / (amp_factor x max)); white top-hat",
+        "amp_factor": config["patches"]["amp_factor"],
+        "tophat_radius": config["patches"]["tophat_radius"],
+        "target_max": config["patches"]["target_max"],
+    }
+
+
+def evaluation_metrics():
+    """The ground-truth evaluation, when any applied acquisition is simulated."""
+    return ["results/evaluation/metrics.json"] if EVALUATED else []

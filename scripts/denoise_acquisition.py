@@ -1,0 +1,21 @@
+"""Snakemake adapter: denoise every localization of one acquisition (srsmlm.inference)."""
+
+from srsmlm.geometry import Geometry
+from srsmlm.inference import denoise_acquisition
+from srsmlm.logs import run_step
+
+run_step(
+    snakemake.log[0],
+    denoise_acquisition,
+    localizations_csv=snakemake.input.localizations,
+    stack_path=snakemake.input.stack,
+    model_path=snakemake.input.model,
+    meta_path=snakemake.input.meta,
+    geometry=Geometry.from_config(snakemake.params.geometry),
+    batch_size=snakemake.params.batch_size,
+    chunk_size=snakemake.params.chunk_size,
+    raw_tif=snakemake.output.raw,
+    denoised_tif=snakemake.output.denoised,
+    table_csv=snakemake.output.table,
+    skipped_csv=snakemake.output.skipped,
+)

@@ -1,0 +1,183 @@
+"""Inference: the test-set evaluation and denoising every localization of an acquisition."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .geometry import Geometry
+from .io import PatchSpool, spool_dir, write_csv, write_json
+from .model import load_model
+from .patches import check_geometry_fits, check_inside_stack, extract_patches, place_boxes
+from .stack import Stack
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+log = logging.getLogger(__name__)
+
+
+def predict_batches(model, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Predict (N, H, W) or (N, H, W, 1) patches in batches; returns float32 (N, H, W)."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[..., None]
+    out = np.empty(x.shape[:3], dtype=np.float32)
+    for start in range(0, len(x), batch_size):
+        batch = x[start : start + batch_size]
+        out[start : start + len(batch)] = np.asarray(model.predict_on_batch(batch))[..., 0]
+    return out
+
+
+def psnr(mse: np.ndarray, peak: float = 1.0) -> np.ndarray:
+    """Peak signal-to-noise ratio (dB) for a given MSE and signal peak."""
+    return 10 * np.log10(peak**2 / np.maximum(mse, 1e-20))
+
+
+def scale_to_range(raw: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Min-max scale each raw patch onto its target's [min, max] (the baseline for MSE/PSNR)."""
+    ax = tuple(range(1, raw.ndim))
+    rmin, rmax = raw.min(axis=ax, keepdims=True), raw.max(axis=ax, keepdims=True)
+    tmin, tmax = target.min(axis=ax, keepdims=True), target.max(axis=ax, keepdims=True)
+    span = np.where(rmax > rmin, rmax - rmin, 1.0)
+    return (raw - rmin) / span * (tmax - tmin) + tmin
+
+
+def evaluate_test(
+    test_npz: str | Path,
+    model_path: str | Path,
+    meta_path: str | Path,
+    geometry: Geometry,
+    batch_size: int,
+    metrics_json: str | Path,
+    predictions_npz: str | Path,
+) -> dict[str, Any]:
+    """MSE and PSNR of the network on the test set, next to the raw input scaled to the
+    target's range; writes the metrics and the predictions (``X``, ``Y``, ``P``)."""
+    from .dataset import save_npz
+
+    model = load_model(model_path, meta_path, geometry)
+    with np.load(test_npz) as z:
+        x, y = z["X"][..., 0], z["Y"][..., 0]
+    pred = predict_batches(model, x, batch_size)
+    per_patch = lambda a: ((a - y) ** 2).mean(axis=(1, 2))  # noqa: E731
+    mse_net = per_patch(pred)
+    mse_raw = per_patch(scale_to_range(x, y))
+    peak = float(y.max()) if len(y) else 1.0
+    metrics = {
+        "n_test": int(len(x)),
+        "network": {"mse": float(mse_net.mean()), "psnr_db": float(psnr(mse_net, peak).mean())},
+        "raw_scaled": {"mse": float(mse_raw.mean()), "psnr_db": float(psnr(mse_raw, peak).mean())},
+        "psnr_peak": peak,
+    }
+    metrics["network_beats_raw"] = metrics["network"]["mse"] < metrics["raw_scaled"]["mse"]
+    log.info(
+        "test set (%d patches): network MSE %.3g / PSNR %.2f dB; raw scaled MSE %.3g / PSNR %.2f dB",
+        len(x),
+        metrics["network"]["mse"],
+        metrics["network"]["psnr_db"],
+        metrics["raw_scaled"]["mse"],
+        metrics["raw_scaled"]["psnr_db"],
+    )
+    save_npz(predictions_npz, X=x, Y=y, P=pred)
+    write_json(metrics, metrics_json)
+    return metrics
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def denoise_acquisition(
+    localizations_csv: str | Path,
+    stack_path: str | Path,
+    model_path: str | Path,
+    meta_path: str | Path,
+    geometry: Geometry,
+    batch_size: int,
+    chunk_size: int,
+    raw_tif: str | Path,
+    denoised_tif: str | Path,
+    table_csv: str | Path,
+    skipped_csv: str | Path,
+) -> dict[str, int]:
+    """Denoise a patch for every filtered localization (no jitter, every frame).
+
+    Patches are cut and predicted ``chunk_size`` at a time and spooled to disk, so memory stays
+    bounded for 10^6 localizations. ``table_csv`` has one row per written patch, in the order of
+    the localization table; localizations whose box leaves the frame are listed in
+    ``skipped_csv`` (and counted in the log), never silently dropped.
+    """
+    g = geometry
+    model = load_model(model_path, meta_path, g)
+    locs = pd.read_csv(localizations_csv)
+    counts = {"localizations": len(locs)}
+    with Stack(stack_path) as stack:
+        check_geometry_fits(g, stack.frame_shape, stack_path)
+        check_inside_stack(locs, stack, localizations_csv)
+        boxes = place_boxes(
+            locs["frame"].to_numpy(), locs["pixel_x"].to_numpy(), locs["pixel_y"].to_numpy(), g
+        )
+        inside = boxes.inside(g, stack.frame_shape)
+        counts["skipped_outside_frame"] = int((~inside).sum())
+        if counts["skipped_outside_frame"]:
+            log.warning(
+                "%d of %d localizations skipped: their box leaves the %dx%d frame (listed in %s)",
+                counts["skipped_outside_frame"],
+                len(locs),
+                stack.frame_shape[1],
+                stack.frame_shape[0],
+                skipped_csv,
+            )
+        keep_idx = np.flatnonzero(inside)
+        kept_boxes = boxes.subset(keep_idx)
+        tmp = spool_dir(raw_tif)
+        try:
+            spool = PatchSpool(tmp, ("raw", "denoised"))
+            t0 = time.perf_counter()
+            for k, sl in enumerate(_chunks(len(keep_idx), chunk_size)):
+                sub = kept_boxes.subset(np.arange(sl.start, sl.stop))
+                raw = extract_patches(stack, sub, g)
+                spool.add(raw=raw, denoised=predict_batches(model, raw, batch_size))
+                rate = spool.n / max(time.perf_counter() - t0, 1e-9)
+                log.info(
+                    "chunk %d: %d / %d patches denoised (%.0f patches/s)",
+                    k + 1,
+                    spool.n,
+                    len(keep_idx),
+                    rate,
+                )
+            table = locs.iloc[keep_idx].copy()
+            table.insert(0, "localization_index", keep_idx)
+            table = table.assign(
+                loc_row0=kept_boxes.loc_row0,
+                loc_col0=kept_boxes.loc_col0,
+                spec_row0=kept_boxes.spec_row0,
+                spec_col0=kept_boxes.spec_col0,
+            )
+            skipped = locs.iloc[np.flatnonzero(~inside)].copy()
+            skipped.insert(0, "localization_index", np.flatnonzero(~inside))
+            skipped["reason"] = "box leaves the frame"
+            if spool.n:
+                spool.write({"raw": raw_tif, "denoised": denoised_tif}, g.shape)
+            else:
+                from .io import write_tif
+
+                empty = np.zeros((0, *g.shape), np.float32)
+                write_tif(empty, raw_tif)
+                write_tif(empty, denoised_tif)
+            write_csv(table, table_csv)
+            write_csv(skipped, skipped_csv)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    counts["denoised"] = int(len(keep_idx))
+    log.info("denoised %d of %d localizations", counts["denoised"], len(locs))
+    return counts

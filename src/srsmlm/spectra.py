@@ -1,0 +1,346 @@
+"""Spectral readout per localization: calibration, profiles, centroid, Gaussian fit, precision,
+dye classification.
+
+Conventions: pixel column c spans x in [c, c+1), so its centre is c + 0.5. A spectral pixel at
+distance d (px, from the localization's sub-pixel x to the pixel centre) has wavelength
+``wavelength_at_offset_nm + (d - spectral_offset) * nm_per_px``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.mixture import GaussianMixture
+
+from .errors import InputError
+from .geometry import Geometry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Linear px -> nm calibration: wavelength at distance ``spectral_offset`` and dispersion."""
+
+    wavelength_at_offset_nm: float
+    nm_per_px: float
+    residual_rms_nm: float | None = None
+    n_points: int | None = None
+
+    def wavelength(self, distance_px: np.ndarray, spectral_offset: int) -> np.ndarray:
+        return (
+            self.wavelength_at_offset_nm
+            + (np.asarray(distance_px) - spectral_offset) * self.nm_per_px
+        )
+
+
+def fit_calibration(table: pd.DataFrame | str | Path, spectral_offset: int) -> Calibration:
+    """Least-squares line through bead (``distance_px``, ``wavelength_nm``) pairs."""
+    path = table if not isinstance(table, pd.DataFrame) else None
+    if path is not None:
+        if not Path(path).is_file():
+            raise InputError(
+                path, "calibration table not found", "set spectra.calibration_table to a CSV file"
+            )
+        table = pd.read_csv(path)
+    missing = {"distance_px", "wavelength_nm"} - set(table.columns)
+    if missing:
+        raise InputError(
+            path,
+            f"calibration table lacks column(s) {sorted(missing)}",
+            "give columns distance_px,wavelength_nm",
+        )
+    d = pd.to_numeric(table["distance_px"], errors="coerce").to_numpy(float)
+    lam = pd.to_numeric(table["wavelength_nm"], errors="coerce").to_numpy(float)
+    if np.isnan(d).any() or np.isnan(lam).any() or len(d) < 2 or np.ptp(d) == 0:
+        raise InputError(
+            path,
+            "calibration needs at least two numeric points at different distances",
+            "measure beads of at least two wavelengths",
+        )
+    slope, intercept = np.polyfit(d, lam, 1)
+    resid = lam - (intercept + slope * d)
+    return Calibration(
+        float(intercept + slope * spectral_offset),
+        float(slope),
+        float(np.sqrt(np.mean(resid**2))),
+        int(len(d)),
+    )
+
+
+def calibration_from_config(section: dict, geometry: Geometry) -> Calibration:
+    if section.get("calibration_table"):
+        cal = fit_calibration(section["calibration_table"], geometry.spectral_offset)
+        log.info(
+            "calibration fit on %d beads: %.4f nm/px, %.2f nm at the offset, residual RMS %.3f nm",
+            cal.n_points,
+            cal.nm_per_px,
+            cal.wavelength_at_offset_nm,
+            cal.residual_rms_nm,
+        )
+        return cal
+    return Calibration(float(section["wavelength_at_offset_nm"]), float(section["nm_per_px"]))
+
+
+def profile_rows(y: np.ndarray, spec_row0: np.ndarray, n_rows: int, height: int) -> np.ndarray:
+    """First patch row of the ``n_rows`` rows centred on each localization's y (px)."""
+    start = np.floor(np.asarray(y) - np.asarray(spec_row0) - n_rows / 2 + 0.5).astype(np.int64)
+    return np.clip(start, 0, height - n_rows)
+
+
+def spectral_profiles(
+    patches: np.ndarray, geometry: Geometry, row_start: np.ndarray, n_rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Background-subtracted spectral profiles (N, spectral_width) and the background per px.
+
+    The profile sums ``n_rows`` rows around the spot; the background is the median of the
+    spectral box's rows outside that band (the patch's outer rows), per patch.
+    """
+    spec = np.asarray(patches, dtype=np.float64)[:, :, geometry.loc_width :]
+    n, h, w = spec.shape
+    rows = np.arange(h)[None, :]
+    band = (rows >= row_start[:, None]) & (rows < row_start[:, None] + n_rows)  # (N, h)
+    summed = np.einsum("nhw,nh->nw", spec, band.astype(np.float64))
+    outer = np.where(~band[:, :, None], spec, np.nan)
+    with np.errstate(all="ignore"):
+        bg = np.nanmedian(outer.reshape(n, -1), axis=1) if h > n_rows else np.zeros(n)
+    bg = np.nan_to_num(bg)
+    return summed - n_rows * bg[:, None], bg
+
+
+def centroid(profiles: np.ndarray, wavelengths: np.ndarray) -> np.ndarray:
+    """Spectral centroid sum(lambda I+) / sum(I+) with negative values clipped; NaN if empty."""
+    p = np.clip(profiles, 0, None)
+    total = p.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (p * wavelengths).sum(axis=1) / total, np.nan)
+
+
+def gaussian_fit(
+    profiles: np.ndarray, wavelengths: np.ndarray, iterations: int = 30
+) -> dict[str, np.ndarray]:
+    """Batched Levenberg-Marquardt fit of ``A exp(-(l - mu)^2 / (2 s^2)) + c`` to each profile.
+
+    wavelengths: (N, W) nm. Returns centre, width (sd), amplitude, offset; NaN where the fit
+    fails or ends outside the measured window.
+    """
+    p = np.asarray(profiles, dtype=np.float64)
+    lam = np.asarray(wavelengths, dtype=np.float64)
+    n = len(p)
+    if n == 0:
+        return {k: np.zeros(0) for k in ("centre", "width", "amplitude", "offset")}
+    step = np.abs(lam[:, 1] - lam[:, 0])
+    c0 = np.percentile(p, 20, axis=1)
+    pos = np.clip(p - c0[:, None], 0, None)
+    tot = pos.sum(1)
+    mu0 = np.where(tot > 0, (pos * lam).sum(1) / np.where(tot > 0, tot, 1), lam.mean(1))
+    var0 = np.where(
+        tot > 0, (pos * (lam - mu0[:, None]) ** 2).sum(1) / np.where(tot > 0, tot, 1), 100.0
+    )
+    theta = np.column_stack(
+        [np.maximum(p.max(1) - c0, 1e-12), mu0, np.sqrt(np.clip(var0, 4 * step**2, None)), c0]
+    )
+    damping = np.full(n, 1e-2)
+
+    def model(t):
+        a, mu, s, c = (t[:, i : i + 1] for i in range(4))
+        g = np.exp(-((lam - mu) ** 2) / (2 * s**2))
+        return a * g + c, g
+
+    pred, g = model(theta)
+    cost = ((pred - p) ** 2).sum(1)
+    for _ in range(iterations):
+        a, mu, s = theta[:, 0:1], theta[:, 1:2], theta[:, 2:3]
+        jac = np.stack(
+            [g, a * g * (lam - mu) / s**2, a * g * (lam - mu) ** 2 / s**3, np.ones_like(g)], axis=2
+        )
+        r = p - pred
+        jtj = np.einsum("nwi,nwj->nij", jac, jac)
+        jtr = np.einsum("nwi,nw->ni", jac, r)
+        diag = np.einsum("nii->ni", jtj)
+        lhs = jtj + damping[:, None, None] * np.einsum("ni,ij->nij", diag + 1e-12, np.eye(4))
+        try:
+            delta = np.linalg.solve(lhs, jtr[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            delta = np.zeros_like(theta)
+        trial = theta + delta
+        trial[:, 2] = np.abs(trial[:, 2]) + 1e-9
+        tpred, tg = model(trial)
+        tcost = ((tpred - p) ** 2).sum(1)
+        better = np.isfinite(tcost) & (tcost < cost)
+        theta[better], pred[better], g[better], cost[better] = (
+            trial[better],
+            tpred[better],
+            tg[better],
+            tcost[better],
+        )
+        damping = np.where(better, damping / 3, damping * 4)
+    amp, centre, width, off = theta.T
+    bad = (amp <= 0) | (centre < lam.min(1)) | (centre > lam.max(1)) | (width > np.ptp(lam, axis=1))
+    out = {"centre": centre, "width": width, "amplitude": amp, "offset": off}
+    return {k: np.where(bad, np.nan, v) for k, v in out.items()}
+
+
+def readout(
+    patches: np.ndarray, table: pd.DataFrame, geometry: Geometry, cal: Calibration, n_rows: int
+) -> dict[str, np.ndarray]:
+    """Centroid, Gaussian fit and photon proxy for patches whose boxes are in ``table``
+    (columns ``x``, ``y``, ``spec_row0``, ``spec_col0``)."""
+    row_start = profile_rows(
+        table["y"].to_numpy(), table["spec_row0"].to_numpy(), n_rows, geometry.height
+    )
+    prof, bg = spectral_profiles(patches, geometry, row_start, n_rows)
+    cols = (
+        table["spec_col0"].to_numpy()[:, None] + np.arange(geometry.spectral_width)[None, :] + 0.5
+    )
+    lam = cal.wavelength(cols - table["x"].to_numpy()[:, None], geometry.spectral_offset)
+    fit = gaussian_fit(prof, lam)
+    return {
+        "sc": centroid(prof, lam),
+        "fit_centre": fit["centre"],
+        "fit_width": fit["width"],
+        "fit_amplitude": fit["amplitude"],
+        "sum": np.clip(prof, 0, None).sum(1),
+        "background": bg,
+    }
+
+
+def classify_dyes(
+    sc: np.ndarray, n_dyes: int | None, seed: int, max_dyes: int = 5
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Gaussian mixture on spectral centroids (nm): class (0 = shortest wavelength) and its
+    probability per value; NaN centroids get class -1. ``n_dyes`` None = chosen by BIC."""
+    sc = np.asarray(sc, dtype=float)
+    ok = np.isfinite(sc)
+    cls = np.full(len(sc), -1, dtype=np.int64)
+    prob = np.full(len(sc), np.nan)
+    if ok.sum() < 2:
+        return cls, prob, 0
+    data = sc[ok, None]
+    if n_dyes is None:
+        fits = [
+            GaussianMixture(k, random_state=seed).fit(data)
+            for k in range(1, min(max_dyes, ok.sum()) + 1)
+        ]
+        gmm = min(fits, key=lambda m: m.bic(data))
+    else:
+        gmm = GaussianMixture(min(n_dyes, int(ok.sum())), random_state=seed).fit(data)
+    order = np.argsort(gmm.means_[:, 0])
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    post = gmm.predict_proba(data)
+    cls[ok] = rank[post.argmax(1)]
+    prob[ok] = post.max(1)
+    return cls, prob, gmm.n_components
+
+
+def precision_by_signal(df: pd.DataFrame, columns: dict[str, str], n_bins: int) -> pd.DataFrame:
+    """Spectral precision: std of each estimate across the frames of one run (one molecule),
+    summarised (median over runs) per bin of the run's mean signal."""
+    runs = df[df["cluster"] >= 0]
+    if runs.empty:
+        return pd.DataFrame(
+            columns=["signal_bin", "signal_min", "signal_max", "runs"] + list(columns)
+        )
+    agg = runs.groupby("cluster").agg(
+        signal=("signal", "mean"),
+        n=("signal", "size"),
+        **{k: (v, "std") for k, v in columns.items()},
+    )
+    agg = agg[agg["n"] >= 2]
+    bins = pd.qcut(agg["signal"], q=min(n_bins, max(len(agg), 1)), duplicates="drop")
+    out = agg.groupby(bins, observed=True).agg(
+        runs=("n", "size"), **{k: (k, "median") for k in columns}
+    )
+    out.insert(0, "signal_min", [iv.left for iv in out.index])
+    out.insert(1, "signal_max", [iv.right for iv in out.index])
+    out.insert(0, "signal_bin", np.arange(len(out)))
+    return out.reset_index(drop=True)
+
+
+def spectra_stage(
+    denoised_table: str | Path,
+    raw_tif: str | Path,
+    denoised_tif: str | Path,
+    clusters_csv: str | Path,
+    geometry: Geometry,
+    section: dict[str, Any],
+    seed: int,
+    spectra_csv: str | Path,
+    precision_csv: str | Path,
+) -> dict[str, Any]:
+    """Spectra from raw, denoised and (for localizations in runs) leave-one-out fused patches."""
+    import tifffile
+
+    from .fusion import leave_one_out_fusion
+    from .io import write_csv
+
+    table = pd.read_csv(denoised_table)
+    raw = tifffile.imread(raw_tif).reshape(-1, *geometry.shape)
+    den = tifffile.imread(denoised_tif).reshape(-1, *geometry.shape)
+    if not (len(table) == len(raw) == len(den)):
+        raise InputError(
+            denoised_table, "patch table and TIFFs differ in length", "rerun denoise_acquisition"
+        )
+    cal = calibration_from_config(section, geometry)
+    n_rows = int(section["profile_rows"])
+    clusters = pd.read_csv(clusters_csv, usecols=["localization_index", "cluster"])
+    table = table.merge(clusters, on="localization_index", how="left")
+    table["cluster"] = table["cluster"].fillna(-1).astype(np.int64)
+    out = table[["localization_index", "frame", "x", "y", "signal", "cluster"]].copy()
+    for name, patches in (("raw", raw), ("denoised", den)):
+        r = readout(patches, table, geometry, cal, n_rows)
+        out[f"sc_{name}_nm"] = r["sc"]
+        out[f"fit_{name}_centre_nm"] = r["fit_centre"]
+        out[f"fit_{name}_width_nm"] = r["fit_width"]
+        out[f"fit_{name}_amplitude"] = r["fit_amplitude"]
+        out[f"sum_{name}"] = r["sum"]
+    out["photons_proxy_adu"] = out["sum_raw"] * 65536.0
+    # SF-fused estimate for localizations in runs (leave-one-out over the other frames)
+    out["sc_fused_nm"] = np.nan
+    in_run = np.flatnonzero(table["cluster"].to_numpy() >= 0)
+    if len(in_run):
+        order = in_run[
+            np.lexsort((table["frame"].to_numpy()[in_run], table["cluster"].to_numpy()[in_run]))
+        ]
+        runs = table["cluster"].to_numpy()[order]
+        starts = np.flatnonzero(np.r_[True, runs[1:] != runs[:-1]])
+        fused, _ = leave_one_out_fusion(raw[order], starts)
+        r = readout(fused, table.iloc[order], geometry, cal, n_rows)
+        out.loc[out.index[order], "sc_fused_nm"] = r["sc"]
+    for name in ("raw", "denoised"):
+        cls, prob, k = classify_dyes(out[f"sc_{name}_nm"].to_numpy(), section.get("n_dyes"), seed)
+        out[f"dye_{name}"] = cls
+        out[f"dye_{name}_probability"] = prob
+    precision = precision_by_signal(
+        out,
+        {
+            "sc_raw_std_nm": "sc_raw_nm",
+            "sc_denoised_std_nm": "sc_denoised_nm",
+            "fit_raw_std_nm": "fit_raw_centre_nm",
+            "fit_denoised_std_nm": "fit_denoised_centre_nm",
+            "sc_fused_std_nm": "sc_fused_nm",
+        },
+        int(section["signal_bins"]),
+    )
+    write_csv(out, spectra_csv)
+    write_csv(precision, precision_csv)
+    summary = {
+        "localizations": len(out),
+        "calibration": cal.__dict__,
+        "median_sc_raw_nm": float(np.nanmedian(out["sc_raw_nm"])) if len(out) else None,
+        "median_sc_denoised_nm": float(np.nanmedian(out["sc_denoised_nm"])) if len(out) else None,
+    }
+    log.info(
+        "spectra of %d localizations; calibration %.4f nm/px, %.2f nm at the offset; precision:\n%s",
+        len(out),
+        cal.nm_per_px,
+        cal.wavelength_at_offset_nm,
+        precision.to_string(),
+    )
+    return summary

@@ -1,0 +1,120 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from srsmlm.dataset import save_npz
+from srsmlm.errors import InputError
+from srsmlm.geometry import Geometry
+
+keras = pytest.importorskip("keras")
+from srsmlm.inference import (  # noqa: E402
+    denoise_acquisition,
+    evaluate_test,
+    predict_batches,
+    psnr,
+    scale_to_range,
+)
+from srsmlm.model import ModelConfig, build_unet  # noqa: E402
+
+pytestmark = pytest.mark.tf
+
+G = Geometry(16, 16, 48, 230)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model")
+    model = build_unet(
+        G, ModelConfig(depth=2, base_filters=2, kernel_size=3, output_activation="linear")
+    )
+    model.save(d / "unet.keras")
+    (d / "model.json").write_text(json.dumps({"geometry": G.to_dict()}))
+    return d / "unet.keras", d / "model.json"
+
+
+def test_predict_batches_independent_of_batch_size(tiny_model):
+    model = keras.models.load_model(tiny_model[0])
+    x = np.random.default_rng(0).random((37, 16, 64)).astype(np.float32)
+    a = predict_batches(model, x, 5)
+    b = predict_batches(model, x, 64)
+    assert a.shape == (37, 16, 64)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_scale_to_range_and_psnr():
+    raw = np.array([[[1.0, 3.0]]])
+    target = np.array([[[0.0, 0.5]]])
+    np.testing.assert_allclose(scale_to_range(raw, target), target)
+    assert psnr(np.array([0.01]))[0] == pytest.approx(20.0)
+
+
+def test_evaluate_test_writes_metrics(tiny_model, tmp_path):
+    x = np.random.default_rng(1).random((10, 16, 64, 1)).astype(np.float32)
+    save_npz(tmp_path / "test.npz", X=x, Y=x)
+    m = evaluate_test(
+        tmp_path / "test.npz", *tiny_model, G, 4, tmp_path / "m.json", tmp_path / "p.npz"
+    )
+    assert m["n_test"] == 10 and m["raw_scaled"]["mse"] == pytest.approx(0.0, abs=1e-12)
+    with np.load(tmp_path / "p.npz") as z:
+        assert z["P"].shape == (10, 16, 64)
+
+
+def test_denoise_every_localization_in_order(tiny_model, tmp_path):
+    stack = np.random.default_rng(2).integers(90, 110, (6, 64, 320)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "s.ome.tif", stack, ome=True, metadata={"axes": "TYX"})
+    locs = pd.DataFrame(
+        {
+            "frame": [3, 1, 6, 2, 5],
+            "x": [40.5, 20.2, 41.0, 3.5, 30.0],  # 4th: box leaves the frame on the left
+            "y": [30.5, 20.1, 40.0, 30.0, 50.0],
+            "signal": [1.0, 2.0, 3.0, 4.0, 5.0],
+        }
+    )
+    locs["pixel_x"] = np.floor(locs["x"]).astype(int)
+    locs["pixel_y"] = np.floor(locs["y"]).astype(int)
+    locs.to_csv(tmp_path / "loc.csv", index=False)
+    o = tmp_path / "out"
+    counts = denoise_acquisition(
+        tmp_path / "loc.csv",
+        tmp_path / "s.ome.tif",
+        *tiny_model,
+        G,
+        2,
+        2,
+        o / "raw.tif",
+        o / "den.tif",
+        o / "patches.csv",
+        o / "skipped.csv",
+    )
+    assert counts == {"localizations": 5, "skipped_outside_frame": 1, "denoised": 4}
+    table = pd.read_csv(o / "patches.csv")
+    assert table["localization_index"].tolist() == [0, 1, 2, 4]
+    assert table["signal"].tolist() == [1.0, 2.0, 3.0, 5.0]
+    raw = tifffile.imread(o / "raw.tif")
+    den = tifffile.imread(o / "den.tif")
+    assert raw.shape == den.shape == (4, 16, 64)
+    np.testing.assert_allclose(raw[0, :, :16], stack[2, 22:38, 32:48] / 2**16)
+    skipped = pd.read_csv(o / "skipped.csv")
+    assert (
+        skipped["localization_index"].tolist() == [3]
+        and skipped["reason"].iloc[0] == "box leaves the frame"
+    )
+
+
+def test_denoise_refuses_model_of_other_geometry(tiny_model, tmp_path):
+    with pytest.raises(InputError, match="trained for geometry"):
+        denoise_acquisition(
+            tmp_path / "loc.csv",
+            tmp_path / "s.tif",
+            *tiny_model,
+            Geometry(16, 16, 48, 200),
+            2,
+            2,
+            tmp_path / "a",
+            tmp_path / "b",
+            tmp_path / "c",
+            tmp_path / "d",
+        )

@@ -1,0 +1,110 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from srsmlm.dataset import save_npz
+from srsmlm.geometry import Geometry
+
+keras = pytest.importorskip("keras")
+from srsmlm.model import ModelConfig  # noqa: E402
+from srsmlm.training import TrainingConfig, train  # noqa: E402
+
+pytestmark = pytest.mark.tf
+
+G = Geometry(16, 16, 48, 230)
+TINY = ModelConfig(depth=2, base_filters=4, kernel_size=3)
+
+
+def tiny_data(tmp_path, n=96):
+    """Spots on noise (raw) -> clean spots (target)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:16, :64]
+    centres = rng.uniform([4, 4], [12, 60], (n, 2))
+    clean = np.exp(
+        -((yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2) / 4
+    ).astype(np.float32)
+    raw = (0.5 * clean + rng.normal(0, 0.1, clean.shape)).astype(np.float32)
+    save_npz(tmp_path / "train.npz", X=raw[..., None], Y=clean[..., None])
+    pd.DataFrame(
+        {
+            "acquisition": "a",
+            "index_in_acquisition": np.arange(n),
+            "cluster": np.arange(n) // 8,
+            "frame": np.arange(n),
+            "kind": "signal",
+            "split": "train",
+        }
+    ).to_csv(tmp_path / "index.csv", index=False)
+    return tmp_path / "train.npz", tmp_path / "index.csv"
+
+
+def run(tmp_path, out, epochs=2, callbacks=None, seed=3):
+    npz, index = tiny_data(tmp_path)
+    o = tmp_path / out
+    return train(
+        npz,
+        index,
+        G,
+        TINY,
+        TrainingConfig(epochs=epochs, batch_size=16, validation_fraction=0.25, patience=10),
+        {"input_divisor": 65536},
+        seed,
+        o / "unet.keras",
+        o / "model.json",
+        o / "history.csv",
+        o / "checkpoint",
+        threads=2,
+        extra_callbacks=callbacks,
+    )
+
+
+def test_tiny_training_writes_model_metadata_history(tmp_path):
+    meta = run(tmp_path, "m")
+    o = tmp_path / "m"
+    assert (o / "unet.keras").exists() and not (o / "checkpoint").exists()
+    saved = json.loads((o / "model.json").read_text())
+    assert saved["geometry"] == G.to_dict()
+    assert saved["architecture"] == TINY.to_dict()
+    assert saved["training"]["epochs"] == 2 and saved["normalisation"] == {"input_divisor": 65536}
+    assert saved["data"]["train_patches"] + saved["data"]["validation_patches"] == 96
+    assert {"tensorflow", "keras", "numpy"} <= set(saved["versions"])
+    hist = pd.read_csv(o / "history.csv")
+    assert hist["epoch"].tolist() == [0, 1]
+    assert {"loss", "val_loss", "learning_rate", "patches_per_s"} <= set(hist.columns)
+    assert meta["result"]["epochs_run"] == 2
+    assert hist["loss"].iloc[-1] < hist["loss"].iloc[0]
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Simulates a job killed after ``after`` finished epochs."""
+
+    def __init__(self, after):
+        super().__init__()
+        self.after = after
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.after:
+            raise KeyboardInterrupt("killed by the cluster")
+
+
+def test_resume_after_interruption_continues_epoch_count(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "r", epochs=3, callbacks=[Interrupt(2)])
+    o = tmp_path / "r"
+    assert not (o / "unet.keras").exists()
+    assert len(pd.read_csv(o / "checkpoint" / "history.csv")) == 2
+    meta = run(tmp_path, "r", epochs=3)
+    hist = pd.read_csv(o / "history.csv")
+    assert hist["epoch"].tolist() == [0, 1, 2]  # one new epoch, not three
+    assert meta["result"]["resumed"] is True and meta["result"]["epochs_run"] == 3
+
+
+def test_same_seed_same_weights_on_cpu(tmp_path):
+    run(tmp_path, "a", seed=11)
+    run(tmp_path, "b", seed=11)
+    run(tmp_path, "c", seed=12)
+    w = {k: keras.models.load_model(tmp_path / k / "unet.keras").get_weights() for k in "abc"}
+    assert all(np.array_equal(x, y) for x, y in zip(w["a"], w["b"], strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(w["a"], w["c"], strict=True))
