@@ -55,3 +55,13 @@ def tiny_acquisition(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The whole workflow, run once on a tiny simulated acquisition in a temp directory."""
+    from .pipeline import make_workdir, snakemake
+
+    wd = make_workdir(tmp_path_factory.mktemp("pipeline"))
+    snakemake(wd, "--cores", "2")
+    return wd

@@ -8,13 +8,6 @@ import pytest
 from .pipeline import make_workdir, snakemake, tiny_config, write_config
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    wd = make_workdir(tmp_path_factory.mktemp("pipeline"))
-    snakemake(wd, "--cores", "2")
-    return wd
-
-
 def test_pipeline_outputs(tiny_run):
     wd = tiny_run
     for name in ("tiny_a", "tiny_b"):
