@@ -27,7 +27,7 @@ def test_memmapped_single_file(tmp_path):
     p = tmp_path / "s.ome.tif"
     tifffile.imwrite(p, data, ome=True, metadata={"axes": "TYX"})
     with Stack(p) as s:
-        assert s.shape == (7, 12, 20) and s._mm is not None
+        assert s.shape == (7, 12, 20) and s._fh is not None
         assert np.array_equal(s.frame(7), data[6])
         assert np.array_equal(s.gather(*_boxes()), _expected(data, *_boxes()))
 
@@ -37,7 +37,7 @@ def test_compressed_file_read_page_by_page(tmp_path):
     p = tmp_path / "c.tif"
     tifffile.imwrite(p, data, compression="zlib", metadata={"axes": "TYX"})
     with Stack(p) as s:
-        assert s._mm is None
+        assert s._fh is None
         assert np.array_equal(s.gather(*_boxes()), _expected(data, *_boxes()))
 
 

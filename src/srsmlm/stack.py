@@ -20,10 +20,11 @@ NORMALISATION = float(2**16)
 class Stack:
     """Read-only view of a T x Y x X stack; frames are 1-based in all public methods.
 
-    A single-file, uncompressed stack is memory-mapped (only touched pixels are read); anything
-    else (Micro-Manager series split over ``*_MMStack_Pos0.ome.tif``, ``*_1.ome.tif``, ...,
-    compressed files) is read one frame (page) at a time through tifffile. The whole stack is
-    never loaded.
+    A single-file, uncompressed, contiguous stack is read one frame at a time by direct file reads
+    at the frame's offset (no memory map, so resident memory does not grow with the file);
+    anything else (Micro-Manager series split over ``*_MMStack_Pos0.ome.tif``, ``*_1.ome.tif``,
+    ..., compressed files) is read one frame (page) at a time through tifffile. The whole stack
+    is never loaded.
     """
 
     def __init__(self, path: str | Path):
@@ -53,7 +54,8 @@ class Stack:
             )
         self.shape: tuple[int, int, int] = squeezed  # type: ignore[assignment]
         self._series = series
-        self._mm: np.ndarray | None = None
+        self._fh = None
+        self._offset: int | None = None
         n_pages = len(series.pages)
         if n_pages != self.shape[0] and n_pages != 1:
             self.close()
@@ -62,28 +64,25 @@ class Stack:
                 f"series has {n_pages} pages for {self.shape[0]} frames",
                 "re-export the stack with one page per frame",
             )
+        self._frame_bytes = self.shape[1] * self.shape[2] * self.dtype.itemsize
         if not series.is_multifile and series.dataoffset is not None:
-            try:
-                self._mm = np.memmap(
-                    self.path,
-                    dtype=series.dtype,
-                    mode="r",
-                    offset=series.dataoffset,
-                    shape=self.shape,
-                )
-            except ValueError as exc:  # file shorter than the header says
+            needed = series.dataoffset + self.shape[0] * self._frame_bytes
+            size = self.path.stat().st_size
+            if size < needed:
                 self.close()
                 raise InputError(
                     self.path,
-                    f"truncated stack ({exc})",
+                    f"truncated stack: {size} bytes, its header needs {needed}",
                     "copy the file again; it is shorter than its header says",
-                ) from None
+                )
+            self._offset = int(series.dataoffset)
+            self._fh = open(self.path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
         log.info(
             "stack %s: %s %s, %s",
             self.path,
             self.shape,
             self.dtype,
-            "memory-mapped" if self._mm is not None else "read page by page",
+            "direct frame reads" if self._fh is not None else "read page by page",
         )
 
     @property
@@ -98,8 +97,14 @@ class Stack:
         """One frame (1-based), as stored (uint16), shape (rows, columns)."""
         if not 1 <= frame <= self.n_frames:
             raise IndexError(f"frame {frame} outside 1..{self.n_frames}")
-        if self._mm is not None:
-            return self._mm[frame - 1]
+        if self._fh is not None:
+            buf = bytearray(self._frame_bytes)
+            self._fh.seek(self._offset + (frame - 1) * self._frame_bytes)
+            if self._fh.readinto(buf) != self._frame_bytes:
+                raise InputError(
+                    self.path, f"cannot read frame {frame} (file truncated)", "copy the file again"
+                )
+            return np.frombuffer(buf, dtype=self.dtype).reshape(self.frame_shape)
         try:
             page = self._series.pages[frame - 1]
             with warnings.catch_warnings():
@@ -123,16 +128,6 @@ class Stack:
         out = np.empty((len(frames), rows.shape[1], cols.shape[1]), dtype=self.dtype)
         if len(frames) == 0:
             return out
-        if self._mm is not None:
-            try:
-                out[:] = self._mm[frames[:, None, None] - 1, rows[:, :, None], cols[:, None, :]]
-            except (OSError, ValueError) as exc:
-                raise InputError(
-                    self.path,
-                    f"cannot read stack data ({exc})",
-                    "the file is corrupt or truncated; copy it again",
-                ) from None
-            return out
         order = np.argsort(frames, kind="stable")
         sorted_frames = frames[order]
         bounds = np.flatnonzero(np.diff(sorted_frames)) + 1
@@ -142,8 +137,11 @@ class Stack:
         return out
 
     def close(self) -> None:
-        self._mm = None
-        self._tif.close() if hasattr(self, "_tif") else None
+        if getattr(self, "_fh", None) is not None:
+            self._fh.close()
+            self._fh = None
+        if hasattr(self, "_tif"):
+            self._tif.close()
 
     def __enter__(self) -> Stack:
         return self
