@@ -1,0 +1,118 @@
+"""Large data: a synthetic 20k-frame 256 x 512 uint16 stack (5 GiB, written through a memory
+map) with ~10^5 localizations, run through filter -> cluster -> patches, each stage in its own
+process; prints wall time and peak RSS per stage (the patch stage must stay under 1 GB).
+
+    python benchmarks/bench_large_stack.py [--frames 20000] [--workdir /tmp/srsmlm_large]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+STAGE = r"""
+import json, resource, sys, time
+from pathlib import Path
+stage, work = sys.argv[1], Path(sys.argv[2])
+t = time.perf_counter()
+if stage == "filter":
+    from srsmlm.localizations import filter_stage
+    filter_stage(work / "table.results.xls", "peakfit", None, 300, [10, 220], [10, 250], work / "localizations.csv")
+elif stage == "cluster":
+    from srsmlm.clustering import cluster_stage
+    cluster_stage(work / "localizations.csv", 0.001, 3, 9, work / "clusters.csv")
+else:
+    from srsmlm.geometry import Geometry
+    from srsmlm.patches import PatchParams, prepare_patches
+    prepare_patches(work / "clusters.csv", work / "localizations.csv", work / "stack.ome.tif",
+                    Geometry(16, 16, 48, 230), PatchParams(min_loc_max=0.0, background_patches=200), 1, "large", 9,
+                    work / "patches/raw.tif", work / "patches/clean.tif", work / "patches/patches.csv")
+print(json.dumps({"stage": stage, "seconds": time.perf_counter() - t,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def write_inputs(work: Path, frames: int, seed: int = 0) -> int:
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    h, w = 256, 512
+    n_runs = frames * 5 // 12 // 1  # ~10^5 localizations for 20k frames (mean run length 12)
+    px = rng.integers(12, 218, n_runs)
+    py = rng.integers(12, 244, n_runs)
+    start = rng.integers(1, frames - 40, n_runs)
+    length = rng.integers(9, 16, n_runs)
+    run = np.repeat(np.arange(n_runs), length)
+    frame = start[run] + np.arange(len(run)) - np.repeat(np.cumsum(length) - length, length)
+    order = np.argsort(frame, kind="stable")
+    frame, run = frame[order], run[order]
+    work.mkdir(parents=True, exist_ok=True)
+    stack = tifffile.memmap(
+        work / "stack.ome.tif",
+        shape=(frames, h, w),
+        dtype=np.uint16,
+        ome=True,
+        metadata={"axes": "TYX"},
+    )
+    block = 500
+    for f0 in range(0, frames, block):
+        n = min(block, frames - f0)
+        stack[f0 : f0 + n] = rng.integers(95, 115, (n, h, w), dtype=np.uint16)
+    sel = frame <= frames
+    stack[frame[sel] - 1, py[run[sel]], px[run[sel]]] = 3000
+    stack.flush()
+    del stack
+    lines = [
+        "#Localisation Results File",
+        "#FileVersion Text.D0.E0.V2",
+        "#Frame\torigX\torigY\tSignal\tX\tY",
+    ]
+    body = np.column_stack(
+        [frame, px[run], py[run], np.full(len(run), 1000.0), px[run] + 0.5, py[run] + 0.5]
+    )
+    with open(work / "table.results.xls", "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+        np.savetxt(fh, body, fmt=["%d", "%d", "%d", "%.1f", "%.2f", "%.2f"], delimiter="\t")
+    return len(run)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frames", type=int, default=20000)
+    ap.add_argument("--workdir", default="/tmp/srsmlm_large")
+    args = ap.parse_args()
+    work = Path(args.workdir)
+    t = time.perf_counter()
+    # written in a child process: Linux keeps a parent's peak RSS in its children's ru_maxrss
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_large_stack as b; "
+        f"from pathlib import Path; print(b.write_inputs(Path({str(work)!r}), {args.frames}))"
+    )
+    n = int(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.split()[-1]
+    )
+    size = (work / "stack.ome.tif").stat().st_size / 2**30
+    print(
+        f"wrote {args.frames} x 256 x 512 stack ({size:.2f} GiB) and {n:,} localizations in "
+        f"{time.perf_counter() - t:.0f} s"
+    )
+    for stage in ("filter", "cluster", "patches"):
+        out = subprocess.run(
+            [sys.executable, "-c", STAGE, stage, str(work)], capture_output=True, text=True
+        )
+        if out.returncode != 0:
+            raise SystemExit(out.stderr[-3000:])
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{stage:8s}: {r['seconds']:7.1f} s, peak RSS {r['peak_rss_mb']:6.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
