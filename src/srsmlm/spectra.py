@@ -19,6 +19,7 @@ from sklearn.mixture import GaussianMixture
 
 from .errors import InputError
 from .geometry import Geometry
+from .stack import NORMALISATION
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +301,7 @@ def spectra_stage(
         out[f"fit_{name}_width_nm"] = r["fit_width"]
         out[f"fit_{name}_amplitude"] = r["fit_amplitude"]
         out[f"sum_{name}"] = r["sum"]
-    out["photons_proxy_adu"] = out["sum_raw"] * 65536.0
+    out["photons_proxy_adu"] = out["sum_raw"] * NORMALISATION
     # SF-fused estimate for localizations in runs (leave-one-out over the other frames)
     out["sc_fused_nm"] = np.nan
     in_run = np.flatnonzero(table["cluster"].to_numpy() >= 0)

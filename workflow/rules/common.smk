@@ -5,6 +5,7 @@ from snakemake.utils import validate
 
 from srsmlm.errors import InputError
 from srsmlm.sheet import load_sheet, names_with_role
+from srsmlm.stack import NORMALISATION
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
@@ -79,7 +80,7 @@ def normalisation():
     """How patches are scaled, recorded beside the model weights."""
     return {
         "input": "raw camera counts / 2**16 (no offset subtraction)",
-        "input_divisor": 65536,
+        "input_divisor": NORMALISATION,
         "target": "leave-one-out SF fusion; parts / max (spectral / (amp_factor x max)); white top-hat",
         "amp_factor": config["patches"]["amp_factor"],
         "tophat_radius": config["patches"]["tophat_radius"],
