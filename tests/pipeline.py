@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +26,6 @@ TINY_SHEET = [
 
 def tiny_config() -> dict:
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    cfg = copy.deepcopy(cfg)
     cfg["simulation"].update(TINY_SIMULATION)
     cfg["patches"]["background_patches"] = 20
     cfg["training"].update({"epochs": 2, "batch_size": 32})
@@ -72,7 +69,3 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
             f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
         )
     return proc
-
-
-def copy_results(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, dirs_exist_ok=True)

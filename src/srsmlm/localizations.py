@@ -180,7 +180,7 @@ def read_localizations(
     for key in required + [k for k in ("orig_x", "orig_y") if found.get(k)]:
         col, unit = found[key]
         values = pd.to_numeric(raw[col], errors="coerce")
-        bad = values.isna() & raw[col].notna() | values.isna()
+        bad = values.isna()
         if bad.any():
             first = int(np.flatnonzero(bad.to_numpy())[0])
             raise InputError(

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import tifffile
 
 from .errors import InputError
 from .fusion import (
@@ -56,12 +55,6 @@ class PatchParams:
         if "offset_jitter" in kw:
             kw["offset_jitter"] = tuple(int(v) for v in kw["offset_jitter"])
         return cls(**kw)
-
-    @classmethod
-    def no_augmentation(cls, section: dict) -> PatchParams:
-        """The same settings without random jitter or shifts (for inference)."""
-        p = cls.from_config(section)
-        return cls(**{**p.__dict__, "offset_jitter": (0, 0), "row_jitter": 0, "box_shift": 0})
 
 
 @dataclass
@@ -458,8 +451,3 @@ def _chunks(
         size += k
     if current:
         yield np.asarray(current)
-
-
-def read_patch_tif(path: str | Path) -> np.ndarray:
-    """Read an exported N x H x W patch TIFF."""
-    return tifffile.imread(path)
