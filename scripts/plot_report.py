@@ -19,4 +19,6 @@ run_step(
         k: out[k] for k in ("montage", "loss", "histograms", "precision", "rendering", "evaluation")
     },
     summary_json=out.summary,
+    render_zoom=snakemake.params.render["render_zoom"],
+    render_sigma_px=snakemake.params.render["render_sigma_px"],
 )

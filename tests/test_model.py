@@ -74,3 +74,31 @@ def test_minmax_input_normalisation_layer_survives_saving(tmp_path):
     np.testing.assert_allclose(model(x), again(x), rtol=1e-6)
     with pytest.raises(InputError, match="input_normalisation"):
         check_geometry(g, ModelConfig(input_normalisation="zscore"))
+
+
+def test_parts_normalisation_scales_each_part_and_survives_saving(tmp_path):
+    g = Geometry(16, 16, 48, 230)
+    cfg = ModelConfig(depth=2, base_filters=2, kernel_size=3, input_normalisation="parts")
+    model = build_unet(g, cfg)
+    layer = model.get_layer("parts")
+    x = np.random.default_rng(1).random((2, 16, 64, 1)).astype(np.float32) * 0.01 + 0.002
+    scaled = np.asarray(layer(x))
+    for part in (scaled[:, :, :16], scaled[:, :, 16:]):  # each part spans [0, 1] on its own
+        np.testing.assert_allclose(part.min(axis=(1, 2, 3)), 0, atol=1e-6)
+        np.testing.assert_allclose(part.max(axis=(1, 2, 3)), 1, atol=1e-6)
+    y = x.copy()
+    y[:, :, 16:] = y[:, :, 16:] * 5 + 0.1  # a brighter spectrum: same normalised input
+    np.testing.assert_allclose(layer(y), scaled, rtol=1e-4, atol=1e-5)
+    model.save(tmp_path / "p.keras")
+    again = keras.models.load_model(tmp_path / "p.keras")
+    np.testing.assert_allclose(model(x), again(x), rtol=1e-6)
+    assert again.get_layer("parts").loc_width == 16
+
+
+def test_batch_norm_momentum_from_config():
+    g = Geometry(16, 16, 48, 230)
+    model = build_unet(
+        g, ModelConfig(depth=2, base_filters=2, kernel_size=3, batch_norm_momentum=0.8)
+    )
+    bns = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
+    assert bns and all(la.momentum == 0.8 for la in bns)

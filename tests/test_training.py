@@ -9,7 +9,7 @@ from srsmlm.geometry import Geometry
 
 keras = pytest.importorskip("keras")
 from srsmlm.model import ModelConfig  # noqa: E402
-from srsmlm.training import TrainingConfig, train  # noqa: E402
+from srsmlm.training import TrainingConfig, epoch_order, make_dataset, train  # noqa: E402
 
 pytestmark = pytest.mark.tf
 
@@ -40,7 +40,7 @@ def tiny_data(tmp_path, n=96):
     return tmp_path / "train.npz", tmp_path / "index.csv"
 
 
-def run(tmp_path, out, epochs=2, callbacks=None, seed=3):
+def run(tmp_path, out, epochs=2, callbacks=None, seed=3, patience=10):
     npz, index = tiny_data(tmp_path)
     o = tmp_path / out
     return train(
@@ -48,7 +48,7 @@ def run(tmp_path, out, epochs=2, callbacks=None, seed=3):
         index,
         G,
         TINY,
-        TrainingConfig(epochs=epochs, batch_size=16, validation_fraction=0.25, patience=10),
+        TrainingConfig(epochs=epochs, batch_size=16, validation_fraction=0.25, patience=patience),
         {"input_divisor": 65536},
         seed,
         o / "unet.keras",
@@ -91,14 +91,42 @@ class Interrupt(keras.callbacks.Callback):
 
 def test_resume_after_interruption_continues_epoch_count(tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, "r", epochs=3, callbacks=[Interrupt(2)])
+        run(tmp_path, "r", epochs=4, callbacks=[Interrupt(2)], patience=1)
     o = tmp_path / "r"
     assert not (o / "unet.keras").exists()
     assert len(pd.read_csv(o / "checkpoint" / "history.csv")) == 2
-    meta = run(tmp_path, "r", epochs=3)
+    meta = run(tmp_path, "r", epochs=4, patience=1)
     hist = pd.read_csv(o / "history.csv")
-    assert hist["epoch"].tolist() == [0, 1, 2]  # one new epoch, not three
-    assert meta["result"]["resumed"] is True and meta["result"]["epochs_run"] == 3
+    # continued after epoch 2 (patience 1 may stop it early, as it would the uninterrupted one)
+    assert hist["epoch"].tolist() == list(range(len(hist))) and len(hist) > 2
+    assert meta["result"]["resumed"] is True and meta["result"]["epochs_run"] == len(hist)
+    # the resumed training equals the uninterrupted one: same batches, LR schedule and weights
+    run(tmp_path, "u", epochs=4, patience=1)
+    ref = pd.read_csv(tmp_path / "u" / "history.csv")
+    np.testing.assert_array_equal(
+        hist[["loss", "val_loss", "learning_rate"]], ref[["loss", "val_loss", "learning_rate"]]
+    )
+    w_r = keras.models.load_model(o / "unet.keras").get_weights()
+    w_u = keras.models.load_model(tmp_path / "u" / "unet.keras").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(w_r, w_u, strict=True))
+
+
+def test_epoch_order_is_a_seeded_permutation_per_epoch():
+    a = epoch_order(50, 7, 0)
+    assert sorted(a) == list(range(50))
+    assert np.array_equal(a, epoch_order(50, 7, 0))
+    assert not np.array_equal(a, epoch_order(50, 7, 1))
+    assert not np.array_equal(a, epoch_order(50, 8, 0))
+
+
+def test_make_dataset_batches_each_epoch_in_its_order():
+    x = np.arange(10, dtype=np.float32)[:, None]
+    batches = [b[0].numpy()[:, 0] for b in make_dataset(x, x, 4, seed=5, epochs=(1, 3))]
+    assert [len(b) for b in batches] == [4, 4, 2, 4, 4, 2]  # no batch spans two epochs
+    np.testing.assert_array_equal(np.concatenate(batches[:3]), epoch_order(10, 5, 1))
+    np.testing.assert_array_equal(np.concatenate(batches[3:]), epoch_order(10, 5, 2))
+    plain = np.concatenate([b[0].numpy()[:, 0] for b in make_dataset(x, x, 4)])
+    np.testing.assert_array_equal(plain, np.arange(10))
 
 
 def test_same_seed_same_weights_on_cpu(tmp_path):

@@ -24,7 +24,7 @@ from .errors import InputError  # noqa: E402
 from .geometry import Geometry  # noqa: E402
 
 ACTIVATIONS = ("sigmoid", "linear", "relu")
-INPUT_NORMALISATIONS = ("minmax", "none")
+INPUT_NORMALISATIONS = ("parts", "minmax", "none")
 
 
 @keras.saving.register_keras_serializable(package="srsmlm")
@@ -41,6 +41,28 @@ class MinMaxNormalisation(layers.Layer):
         return (x - lo) / keras.ops.maximum(hi - lo, 1e-12)
 
 
+@keras.saving.register_keras_serializable(package="srsmlm")
+class PartsNormalisation(layers.Layer):
+    """Scales the localization part (first ``loc_width`` columns) and the spectral part of each
+    patch to [0, 1] separately, as the targets are normalised part by part."""
+
+    def __init__(self, loc_width: int, **kwargs):
+        super().__init__(**kwargs)
+        self.loc_width = int(loc_width)
+
+    def call(self, x):
+        def scale(part):
+            lo = keras.ops.min(part, axis=(1, 2, 3), keepdims=True)
+            hi = keras.ops.max(part, axis=(1, 2, 3), keepdims=True)
+            return (part - lo) / keras.ops.maximum(hi - lo, 1e-12)
+
+        w = self.loc_width
+        return keras.ops.concatenate([scale(x[:, :, :w]), scale(x[:, :, w:])], axis=2)
+
+    def get_config(self):
+        return {**super().get_config(), "loc_width": self.loc_width}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture; saved as JSON beside the weights (CSBDeep style)."""
@@ -49,7 +71,8 @@ class ModelConfig:
     base_filters: int = 16
     kernel_size: int = 6
     output_activation: str = "sigmoid"
-    input_normalisation: str = "none"
+    input_normalisation: str = "parts"
+    batch_norm_momentum: float = 0.9
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> ModelConfig:
@@ -83,35 +106,36 @@ def check_geometry(geometry: Geometry, config: ModelConfig) -> None:
         )
 
 
-def _conv(x, filters: int, k: int, strides: int = 1):
+def _conv(x, filters: int, k: int, momentum: float, strides: int = 1):
     x = layers.Conv2D(filters, k, strides=strides, padding="same", kernel_initializer="he_normal")(
         x
     )
     x = layers.LeakyReLU(negative_slope=0.2)(x)
-    return layers.BatchNormalization(axis=-1)(x)
+    return layers.BatchNormalization(axis=-1, momentum=momentum)(x)
 
 
 def build_unet(geometry: Geometry, config: ModelConfig) -> keras.Model:
     """U-Net mapping (height, width, 1) raw patches to clean patches of the same shape."""
     check_geometry(geometry, config)
-    k, b = config.kernel_size, config.base_filters
+    k, b, m = config.kernel_size, config.base_filters, config.batch_norm_momentum
     inputs = keras.Input((geometry.height, geometry.width, 1), name="raw")
-    x = (
-        MinMaxNormalisation(name="minmax")(inputs)
-        if config.input_normalisation == "minmax"
-        else inputs
-    )
+    if config.input_normalisation == "minmax":
+        x = MinMaxNormalisation(name="minmax")(inputs)
+    elif config.input_normalisation == "parts":
+        x = PartsNormalisation(geometry.loc_width, name="parts")(inputs)
+    else:
+        x = inputs
     skips = []
     for level in range(config.depth):
-        x = _conv(x, b * 2**level, k)
-        x = _conv(x, b * 2**level, k, strides=2)
+        x = _conv(x, b * 2**level, k, m)
+        x = _conv(x, b * 2**level, k, m, strides=2)
         skips.append(x)
-    x = _conv(x, b * 2**config.depth, k)
+    x = _conv(x, b * 2**config.depth, k, m)
     for level in reversed(range(config.depth)):
         x = layers.Conv2DTranspose(b * 2**level, k, padding="same")(x)
         x = layers.Concatenate()([x, skips[level]])
         x = layers.UpSampling2D(size=2)(x)
-        x = _conv(x, b * 2**level, k)
+        x = _conv(x, b * 2**level, k, m)
     outputs = layers.Conv2D(1, 1, activation=config.output_activation, name="clean")(x)
     return keras.Model(inputs, outputs, name="srsmlm_unet")
 

@@ -77,12 +77,15 @@ def sc_histograms(spectra: pd.DataFrame, path: str | Path, colour_column: str) -
     """Histograms of spectral centroids, raw vs denoised, coloured by dye."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharex=True)
     groups = sorted(spectra[colour_column].dropna().unique())
+    # -1: no true dye (a false detection) in the truth, no class (no centroid) otherwise
+    none_label = "false detection" if colour_column == "dye_true" else "unclassified"
     lo, hi = np.nanpercentile(spectra[["sc_raw_nm", "sc_denoised_nm"]].to_numpy(), [0.5, 99.5])
     bins = np.linspace(lo, hi, 60)
     for ax, col, title in ((axes[0], "sc_raw_nm", "raw"), (axes[1], "sc_denoised_nm", "denoised")):
         for g in groups:
             vals = spectra.loc[spectra[colour_column] == g, col].dropna()
-            ax.hist(vals, bins=bins, alpha=0.6, label=f"dye {int(g)}")
+            label = f"dye {int(g)}" if g >= 0 else none_label
+            ax.hist(vals, bins=bins, alpha=0.6, label=label)
         ax.set_title(f"spectral centroid, {title}")
         ax.set_xlabel("wavelength (nm)")
     axes[0].set_ylabel("localizations")
@@ -107,37 +110,53 @@ def precision_plot(precision: pd.DataFrame, path: str | Path) -> None:
     _save(fig, path)
 
 
+def render_arrays(
+    x: np.ndarray, y: np.ndarray, sc: np.ndarray, zoom: int, sigma_px: float
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]:
+    """Blurred localization density and the density-weighted mean spectral centroid on a grid
+    of ``zoom`` render pixels per camera pixel; returns (density, mean_sc, extent)."""
+    from scipy.ndimage import gaussian_filter
+
+    pad = 3 * sigma_px  # room for the blur of the outermost localizations
+    x0, x1 = np.floor(x.min() - pad), np.ceil(x.max() + pad)
+    y0, y1 = np.floor(y.min() - pad), np.ceil(y.max() + pad)
+    nx, ny = int((x1 - x0) * zoom) + 1, int((y1 - y0) * zoom) + 1
+    # bins of exactly 1/zoom camera px
+    hist = dict(bins=(ny, nx), range=((y0, y0 + ny / zoom), (x0, x0 + nx / zoom)))
+    ok = np.isfinite(sc)
+
+    def render(mask, weights=None):
+        img, _, _ = np.histogram2d(y[mask], x[mask], weights=weights, **hist)
+        return gaussian_filter(img, sigma_px * zoom, mode="constant")
+
+    density = render(slice(None))
+    wsum, n_ok = render(ok, sc[ok]), render(ok)
+    mean_sc = np.divide(wsum, n_ok, out=np.full_like(wsum, np.nan), where=n_ok > 1e-6)
+    return density, mean_sc, (x0, x0 + nx / zoom, y0 + ny / zoom, y0)
+
+
 def rendering(
-    spectra: pd.DataFrame, path: str | Path, zoom: int = 4, sc_column: str = "sc_denoised_nm"
+    spectra: pd.DataFrame,
+    path: str | Path,
+    zoom: int,
+    sigma_px: float,
+    sc_column: str = "sc_denoised_nm",
 ) -> None:
-    """Super-resolution histogram rendering, plain and coloured by spectral centroid."""
+    """Super-resolution rendering (each localization a Gaussian of ``sigma_px`` camera px),
+    plain and coloured by the spectral centroid (wavelength colour map)."""
     x, y = spectra["x"].to_numpy(), spectra["y"].to_numpy()
     sc = spectra[sc_column].to_numpy()
-    x0, x1, y0, y1 = np.floor(x.min()), np.ceil(x.max()), np.floor(y.min()), np.ceil(y.max())
-    nx, ny = int((x1 - x0) * zoom) + 1, int((y1 - y0) * zoom) + 1
-    counts, _, _ = np.histogram2d(y, x, bins=(ny, nx), range=((y0, y1), (x0, x1)))
     ok = np.isfinite(sc)
-    wsum, _, _ = np.histogram2d(
-        y[ok], x[ok], bins=(ny, nx), range=((y0, y1), (x0, x1)), weights=sc[ok]
-    )
-    n_ok, _, _ = np.histogram2d(y[ok], x[ok], bins=(ny, nx), range=((y0, y1), (x0, x1)))
-    mean_sc = np.divide(wsum, n_ok, out=np.full_like(wsum, np.nan), where=n_ok > 0)
+    density, mean_sc, extent = render_arrays(x, y, sc, zoom, sigma_px)
     lo, hi = np.nanpercentile(sc, [2, 98]) if ok.any() else (500, 700)
     cmap = plt.get_cmap(WAVELENGTH_CMAP)
     rgb = cmap(np.clip((mean_sc - lo) / max(hi - lo, 1e-9), 0, 1))[..., :3]
-    bright = np.clip(
-        counts / max(np.percentile(counts[counts > 0], 99), 1) if counts.any() else counts, 0, 1
-    )
+    top = np.percentile(density[density > 0], 99.5) if density.any() else 1.0
+    bright = np.clip(density / max(top, 1e-12), 0, 1)
     rgb = np.nan_to_num(rgb) * bright[..., None]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    extent = (x0, x1, y1, y0)
-    axes[0].imshow(
-        counts,
-        cmap="gray",
-        extent=extent,
-        vmax=np.percentile(counts[counts > 0], 99) if counts.any() else 1,
-    )
-    axes[0].set_title("localizations")
+    axes[0].imshow(bright, cmap="gray", extent=extent)
+    axes[0].set_title(f"{len(x)} localizations")
     axes[1].imshow(rgb, extent=extent)
     axes[1].set_title(f"coloured by spectral centroid ({lo:.0f}-{hi:.0f} nm)")
     for ax in axes:
@@ -195,6 +214,8 @@ def report_stage(
     metrics_json,
     out: dict[str, str | Path],
     summary_json,
+    render_zoom: int,
+    render_sigma_px: float,
 ) -> dict[str, Any]:
     """All report figures and ``summary.json``. ``truth_csvs`` may be empty (real data)."""
     from .evaluation import match_truth
@@ -218,7 +239,7 @@ def report_stage(
     sc_histograms(spectra, out["histograms"], colour)
     precision = pd.concat([pd.read_csv(p) for p in precision_csvs], ignore_index=True)
     precision_plot(precision, out["precision"])
-    rendering(spectra, out["rendering"])
+    rendering(spectra, out["rendering"], render_zoom, render_sigma_px)
     summary: dict[str, Any] = {
         "test_set": json.loads(Path(test_metrics_json).read_text()),
         "localizations_with_spectra": int(len(spectra)),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -68,12 +70,107 @@ def select_device(threads: int | None = None) -> str:
     return "CPU"
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None, shuffle: bool):
-    """tf.data pipeline: (optionally seeded, reshuffled) batches, prefetched."""
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled patch order of one epoch: a function of (seed, epoch) only, so a resumed
+    training sees exactly the batches the uninterrupted one would have seen."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def make_dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    seed: int | None = None,
+    epochs: tuple[int, int] | None = None,
+):
+    """tf.data pipeline of (x, y) batches, prefetched.
+
+    With ``epochs=(first, last)`` the batches of epochs ``first .. last-1`` follow each other,
+    each epoch in its own seeded order (:func:`epoch_order`); fit it with
+    ``steps_per_epoch = ceil(len(x) / batch_size)``. Without, one pass in the stored order
+    (validation). Patches stay in NumPy; only the current batches are copied.
+    """
+    n = len(x)
+    if epochs is None:
+        orders = [np.arange(n)]
+    else:
+        orders = [epoch_order(n, int(seed or 0), e) for e in range(*epochs)]
+
+    def batches():
+        for order in orders:
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                yield x[idx], y[idx]
+
+    spec = tf.TensorSpec((None, *x.shape[1:]), tf.float32)
+    ds = tf.data.Dataset.from_generator(
+        batches, output_signature=(spec, tf.TensorSpec((None, *y.shape[1:]), tf.float32))
+    )
+    n_batches = len(orders) * math.ceil(n / batch_size)
+    return ds.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(tf.data.AUTOTUNE)
+
+
+def completed_epochs(checkpoint_dir: str | Path) -> int:
+    """Epochs finished by an interrupted training (0 when there is no backup)."""
+    meta = Path(checkpoint_dir) / "backup" / "training_metadata.json"
+    return int(json.loads(meta.read_text())["epoch"]) if meta.exists() else 0
+
+
+class _CallbackState(keras.callbacks.Callback):
+    """Saves the counters of EarlyStopping and ReduceLROnPlateau (and the best weights) at the
+    end of every epoch and, on resume, restores those of the last backed-up epoch, so a resumed
+    training stops and lowers the learning rate exactly when the uninterrupted one would have.
+
+    Runs before ``BackupAndRestore`` (the commit point of an epoch), so a kill between the two
+    leaves a state one epoch ahead of the backup; that is why states are kept per epoch.
+    """
+
+    FIELDS = ("wait", "best", "best_epoch", "cooldown_counter", "stopped_epoch")
+
+    def __init__(self, folder: Path, tracked: list[keras.callbacks.Callback], resume_epoch: int):
+        super().__init__()
+        self.folder = folder
+        self.tracked = tracked
+        self.resume_epoch = resume_epoch
+
+    def _paths(self, epoch: int) -> tuple[Path, Path]:
+        return self.folder / f"callbacks-{epoch}.json", self.folder / f"best-weights-{epoch}.npz"
+
+    def on_train_begin(self, logs=None):  # after the tracked callbacks reset themselves
+        if self.resume_epoch == 0:
+            return
+        state_path, weights_path = self._paths(self.resume_epoch - 1)
+        state = json.loads(state_path.read_text())
+        for cb, saved in zip(self.tracked, state, strict=True):
+            for k, v in saved.items():
+                setattr(cb, k, v)
+        if weights_path.exists():
+            with np.load(weights_path) as z:
+                best = [z[f"w{i}"] for i in range(len(z.files))]
+            for cb in self.tracked:
+                if hasattr(cb, "best_weights"):
+                    cb.best_weights = best
+
+    def on_epoch_end(self, epoch, logs=None):
+        state = [
+            {
+                k: float(getattr(cb, k)) if k == "best" else int(getattr(cb, k))
+                for k in self.FIELDS
+                if hasattr(cb, k)
+            }
+            for cb in self.tracked
+        ]
+        state_path, weights_path = self._paths(epoch)
+        best = next(
+            (cb.best_weights for cb in self.tracked if getattr(cb, "best_weights", None)), None
+        )
+        if best is not None:
+            with atomic_path(weights_path) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, **{f"w{i}": w for i, w in enumerate(best)})
+        with atomic_path(state_path) as tmp:
+            Path(tmp).write_text(json.dumps(state))
+        for old in self._paths(epoch - 2):
+            old.unlink(missing_ok=True)
 
 
 class _EpochLog(keras.callbacks.Callback):
@@ -174,11 +271,6 @@ def train(
         training.batch_size,
         training.epochs,
     )
-    train_ds = make_dataset(x[fit_idx], y[fit_idx], training.batch_size, seed, shuffle=True)
-    val_ds = make_dataset(
-        x[val_idx], y[val_idx], max(training.batch_size, 256), None, shuffle=False
-    )
-
     model = build_unet(geometry, model_config)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=training.learning_rate),
@@ -188,22 +280,37 @@ def train(
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     live_history = checkpoint_dir / "history.csv"
-    resumed = live_history.exists()
+    first_epoch = completed_epochs(checkpoint_dir)
+    resumed = first_epoch > 0
     if resumed:
-        done = len(pd.read_csv(live_history))
-        log.info("resuming interrupted training from %s after epoch %d", checkpoint_dir, done)
+        log.info(
+            "resuming interrupted training from %s after epoch %d", checkpoint_dir, first_epoch
+        )
+    if live_history.exists():  # drop rows of an epoch killed after its log, before its backup
+        rows = pd.read_csv(live_history)
+        rows[rows["epoch"] < first_epoch].to_csv(live_history, index=False)
+    # one seeded order per epoch, from the epoch the backup stopped at
+    train_ds = make_dataset(
+        x[fit_idx], y[fit_idx], training.batch_size, seed, (first_epoch, training.epochs)
+    )
+    val_ds = make_dataset(x[val_idx], y[val_idx], max(training.batch_size, 256))
+    early = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=training.patience, restore_best_weights=True, verbose=0
+    )
+    plateau = keras.callbacks.ReduceLROnPlateau(
+        monitor="val_loss",
+        factor=training.lr_factor,
+        patience=training.patience,
+        min_lr=training.min_lr,
+    )
+    # order matters: the epoch's log and callback state first, the backup (the commit point
+    # a resume starts from) last
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(checkpoint_dir / "backup")),
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=training.patience, restore_best_weights=True, verbose=0
-        ),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss",
-            factor=training.lr_factor,
-            patience=training.patience,
-            min_lr=training.min_lr,
-        ),
+        early,
+        plateau,
+        _CallbackState(checkpoint_dir, [early, plateau], first_epoch),
         _EpochLog(live_history, len(fit_idx)),
+        keras.callbacks.BackupAndRestore(str(checkpoint_dir / "backup")),
         *(extra_callbacks or []),
     ]
     t0 = time.perf_counter()
@@ -211,10 +318,11 @@ def train(
         train_ds,
         validation_data=val_ds,
         epochs=training.epochs,
+        steps_per_epoch=math.ceil(len(fit_idx) / training.batch_size),
         callbacks=callbacks,
         verbose=0,
-        shuffle=False,
-    )  # tf.data already shuffles, seeded
+        shuffle=False,  # make_dataset already shuffles, seeded per epoch
+    )
     seconds = time.perf_counter() - t0
     history = pd.read_csv(live_history)
     best = int(history["val_loss"].idxmin())

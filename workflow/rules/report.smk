@@ -51,5 +51,7 @@ rule plot_report:
     threads: 1
     resources:
         mem_mb=4000,
+    params:
+        render=config["report"],
     script:
         "../../scripts/plot_report.py"
