@@ -152,9 +152,9 @@ def rendering(
     cmap = plt.get_cmap(WAVELENGTH_CMAP)
     rgb = cmap(np.clip((mean_sc - lo) / max(hi - lo, 1e-9), 0, 1))[..., :3]
     top = np.percentile(density[density > 0], 99.5) if density.any() else 1.0
-    bright = np.clip(density / max(top, 1e-12), 0, 1)
+    bright = np.sqrt(np.clip(density / max(top, 1e-12), 0, 1))  # gamma 0.5: dim molecules show
     rgb = np.nan_to_num(rgb) * bright[..., None]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), dpi=150)
     axes[0].imshow(bright, cmap="gray", extent=extent)
     axes[0].set_title(f"{len(x)} localizations")
     axes[1].imshow(rgb, extent=extent)
