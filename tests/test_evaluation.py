@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from srsmlm.evaluation import classification_accuracy, error_stats, match_truth
+from srsmlm.evaluation import bias_by_group, classification_accuracy, error_stats, match_truth
 
 
 def test_match_truth_by_frame_and_position():
@@ -35,3 +35,13 @@ def test_classification_accuracy_with_permuted_labels():
     pred = np.array([2, 2, 0, 0, 1, 0])
     assert classification_accuracy(pred, true) == pytest.approx(5 / 6)
     assert np.isnan(classification_accuracy(np.array([-1]), np.array([0])))
+
+
+def test_bias_by_group_finds_opposite_biases_that_cancel_overall():
+    err = np.array([5.0, 7.0, -6.0, -6.0, np.nan, 1.0])
+    dye = np.array([0, 0, 2, 2, 2, 1])
+    assert bias_by_group(err, dye) == {"0": 6.0, "1": 1.0, "2": -6.0}
+    assert abs(np.nanmean(err)) < 1.0  # the overall bias hides them
+    assert bias_by_group(np.array([np.nan]), np.array([3])) == {
+        "3": pytest.approx(np.nan, nan_ok=True)
+    }

@@ -61,6 +61,17 @@ def error_stats(err: np.ndarray, tolerance: float) -> dict[str, float]:
     }
 
 
+def bias_by_group(err: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    """Mean error per group (finite errors only). An estimator can be unbiased overall while
+    biased in opposite directions per dye (a centroid pulled toward the window's centre)."""
+    err, groups = np.asarray(err, dtype=np.float64), np.asarray(groups)
+    out = {}
+    for g in np.unique(groups):
+        e = err[(groups == g) & np.isfinite(err)]
+        out[str(g)] = float(e.mean()) if len(e) else float("nan")
+    return out
+
+
 def classification_accuracy(predicted: np.ndarray, true: np.ndarray) -> float:
     """Accuracy after the best one-to-one mapping of predicted classes to true dyes."""
     ok = (predicted >= 0) & (true >= 0)
@@ -109,6 +120,9 @@ def evaluate(
             stats = error_stats(err, tolerance_nm) | {"note": "localizations in runs only"}
         else:
             stats = error_stats(err, tolerance_nm)
+        dyes = matched["dye_true"].to_numpy()
+        dyes = dyes[matched["cluster"].to_numpy() >= 0] if est == "sf_fused_centroid" else dyes
+        stats["bias_by_true_dye_nm"] = bias_by_group(err, dyes)
         overall[est] = stats
         for b, grp in matched.groupby("signal_bin"):
             e = (grp[col] - grp["sc_true_nm"]).to_numpy()
