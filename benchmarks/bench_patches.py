@@ -34,7 +34,8 @@ elif kind == "srsmlm":
     from srsmlm.patches import PatchParams, prepare_patches
     prepare_patches(work / "clusters.csv", work / "localizations.csv", work / "stack.ome.tif",
                     Geometry(16, 16, 48, 230), PatchParams(min_loc_max=0.0035), 1, "bench", 9,
-                    work / "out/raw.tif", work / "out/clean.tif", work / "out/patches.csv")
+                    work / "out/raw.tif", work / "out/clean.tif", work / "out/patches.csv",
+                    threads=2)  # the guide-style code below gets n_jobs=2 too
 elif kind == "naive":
     import math, random
     import pandas as pd, tifffile

@@ -18,4 +18,5 @@ run_step(
     raw_tif=snakemake.output.raw,
     clean_tif=snakemake.output.clean,
     table_csv=snakemake.output.table,
+    threads=snakemake.threads,
 )

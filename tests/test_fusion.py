@@ -86,3 +86,11 @@ def test_select_frames_guide_rule():
     ratio = np.array([1, 2, 3, 4, 5, 10, 10.5, np.nan])
     keep = select_frames(ratio, np.array([0, 5]))
     assert keep.tolist() == [False, False, True, True, True, True, True, False]
+
+
+def test_white_tophat_threads_give_the_same_result():
+    img = np.random.default_rng(3).random((37, 16, 48), dtype=np.float32)
+    one = white_tophat_disk(img, 10)
+    for threads in (2, 3):
+        np.testing.assert_array_equal(white_tophat_disk(img, 10, threads=threads), one)
+    np.testing.assert_array_equal(white_tophat_disk(img[:3], 10, threads=2), one[:3])  # too few

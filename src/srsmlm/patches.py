@@ -131,14 +131,16 @@ def extract_patches(stack: Stack, boxes: Boxes, g: Geometry) -> np.ndarray:
     return out
 
 
-def run_targets(raw: np.ndarray, run_starts: np.ndarray, g: Geometry, p: PatchParams):
+def run_targets(
+    raw: np.ndarray, run_starts: np.ndarray, g: Geometry, p: PatchParams, threads: int = 1
+):
     """Leave-one-out SF targets for runs of raw patches (float32 (N,H,W), grouped by run).
 
     Returns (target float32 in [0, target_max], sf_raw, sf_target) where sf_target is the SF of
     the guide's target before the range limit (the quantity the guide's selection uses).
     """
     fused, sf_raw = leave_one_out_fusion(raw, run_starts)
-    target = clean_target(fused.astype(np.float32), g, p.amp_factor, p.tophat_radius)
+    target = clean_target(fused.astype(np.float32), g, p.amp_factor, p.tophat_radius, threads)
     sf_target = spatial_frequency(target)
     target = limit_range(target, p.target_max).astype(np.float32)
     return target, sf_raw, sf_target
@@ -259,8 +261,10 @@ def prepare_patches(
     raw_tif: str | Path,
     clean_tif: str | Path,
     table_csv: str | Path,
+    threads: int = 1,
 ) -> dict[str, int]:
-    """The whole patch stage for one acquisition; writes raw.tif, clean.tif and patches.csv."""
+    """The whole patch stage for one acquisition; writes raw.tif, clean.tif and patches.csv.
+    ``threads`` share the top-hat filtering (same result for any number)."""
     g, p = geometry, params
     runs = pd.read_csv(clusters_path)
     runs = runs.sort_values(["cluster", "frame"], kind="stable").reset_index(drop=True)
@@ -315,7 +319,7 @@ def prepare_patches(
                 sub = boxes.subset(idx)
                 raw = extract_patches(stack, sub, g)
                 cstarts = _run_starts(run_ids[idx])
-                target, sf_raw, sf_target = run_targets(raw, cstarts, g, p)
+                target, sf_raw, sf_target = run_targets(raw, cstarts, g, p, threads)
                 with np.errstate(divide="ignore", invalid="ignore"):
                     ratio = sf_target / sf_raw
                 keep = select_frames(ratio, cstarts)
@@ -362,7 +366,7 @@ def prepare_patches(
                 )
                 if len(group):
                     raw = extract_patches(stack, bboxes, g)
-                    target, sf_raw, sf_target = run_targets(raw, _run_starts(group), g, p)
+                    target, sf_raw, sf_target = run_targets(raw, _run_starts(group), g, p, threads)
                     n = min(p.background_patches, len(raw))
                     spool.add(raw=raw[:n], clean=target[:n])
                     rows.append(

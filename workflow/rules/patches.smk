@@ -13,7 +13,7 @@ rule extract_patches:
         "benchmarks/{acquisition}/extract_patches.tsv"
     conda:
         "../../envs/cpu.yaml"
-    threads: 1
+    threads: 2
     resources:
         mem_mb=2000,
     params:
