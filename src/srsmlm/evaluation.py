@@ -114,14 +114,13 @@ def evaluate(
         if col not in matched:
             continue
         err = (matched[col] - matched["sc_true_nm"]).to_numpy()
+        dyes = matched["dye_true"].to_numpy()
         if est == "sf_fused_centroid":
             in_run = matched["cluster"].to_numpy() >= 0
-            err = err[in_run]
+            err, dyes = err[in_run], dyes[in_run]
             stats = error_stats(err, tolerance_nm) | {"note": "localizations in runs only"}
         else:
             stats = error_stats(err, tolerance_nm)
-        dyes = matched["dye_true"].to_numpy()
-        dyes = dyes[matched["cluster"].to_numpy() >= 0] if est == "sf_fused_centroid" else dyes
         stats["bias_by_true_dye_nm"] = bias_by_group(err, dyes)
         overall[est] = stats
         for b, grp in matched.groupby("signal_bin"):

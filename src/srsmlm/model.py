@@ -27,6 +27,13 @@ ACTIVATIONS = ("sigmoid", "linear", "relu")
 INPUT_NORMALISATIONS = ("parts", "minmax", "none")
 
 
+def _minmax(x):
+    """Each patch of a (N, H, W, 1) batch scaled to [0, 1] by its own minimum and maximum."""
+    lo = keras.ops.min(x, axis=(1, 2, 3), keepdims=True)
+    hi = keras.ops.max(x, axis=(1, 2, 3), keepdims=True)
+    return (x - lo) / keras.ops.maximum(hi - lo, 1e-12)
+
+
 @keras.saving.register_keras_serializable(package="srsmlm")
 class MinMaxNormalisation(layers.Layer):
     """Scales each input patch to [0, 1] by its own minimum and maximum.
@@ -36,9 +43,7 @@ class MinMaxNormalisation(layers.Layer):
     """
 
     def call(self, x):
-        lo = keras.ops.min(x, axis=(1, 2, 3), keepdims=True)
-        hi = keras.ops.max(x, axis=(1, 2, 3), keepdims=True)
-        return (x - lo) / keras.ops.maximum(hi - lo, 1e-12)
+        return _minmax(x)
 
 
 @keras.saving.register_keras_serializable(package="srsmlm")
@@ -51,13 +56,8 @@ class PartsNormalisation(layers.Layer):
         self.loc_width = int(loc_width)
 
     def call(self, x):
-        def scale(part):
-            lo = keras.ops.min(part, axis=(1, 2, 3), keepdims=True)
-            hi = keras.ops.max(part, axis=(1, 2, 3), keepdims=True)
-            return (part - lo) / keras.ops.maximum(hi - lo, 1e-12)
-
         w = self.loc_width
-        return keras.ops.concatenate([scale(x[:, :, :w]), scale(x[:, :, w:])], axis=2)
+        return keras.ops.concatenate([_minmax(x[:, :, :w]), _minmax(x[:, :, w:])], axis=2)
 
     def get_config(self):
         return {**super().get_config(), "loc_width": self.loc_width}
