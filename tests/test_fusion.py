@@ -4,7 +4,9 @@ from scipy import ndimage
 from skimage.morphology import disk
 
 from srsmlm.fusion import (
+    _BLOCK,
     clean_target,
+    disk_footprint,
     leave_one_out_fusion,
     limit_range,
     select_frames,
@@ -42,6 +44,21 @@ def test_leave_one_out_equals_naive(rng):
     np.testing.assert_allclose(sf, spatial_frequency(patches))
 
 
+def test_leave_one_out_runs_across_blocks_equal_naive(rng):
+    """Runs are fused a block of whole runs at a time: runs longer than a block, runs that
+    straddle a block boundary and single frames all equal the naive leave-one-out."""
+    lengths = (_BLOCK + 37, 5, _BLOCK - 3, 1, 40, 2 * _BLOCK + 1)
+    runs = [rng.random((k, 3, 5)) for k in lengths]
+    patches = np.concatenate(runs)
+    starts = np.cumsum([0] + [len(r) for r in runs[:-1]])
+    fused, _ = leave_one_out_fusion(patches, starts)
+    naive = np.concatenate([_naive_loo(r) if len(r) > 1 else np.zeros_like(r) for r in runs])
+    np.testing.assert_allclose(fused, naive, rtol=1e-12, atol=1e-15)
+    fused32, sf32 = leave_one_out_fusion(patches.astype(np.float32), starts)
+    assert fused32.dtype == np.float32 and sf32.dtype == np.float64
+    np.testing.assert_allclose(fused32, naive, rtol=1e-5)
+
+
 def test_leave_one_out_flat_others_and_single_frame():
     flat = np.ones((3, 2, 2))
     flat[0] = 5.0 + np.eye(2)  # only frame 0 has structure
@@ -60,6 +77,38 @@ def test_white_tophat_equals_scipy(rng, radius):
         return
     ref = np.stack([ndimage.white_tophat(x, footprint=disk(radius), mode="reflect") for x in img])
     np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("radius", [0, 1, 5, 10, 12, 30])
+def test_disk_footprint_is_skimage_disk(radius):
+    np.testing.assert_array_equal(disk_footprint(radius), disk(radius))
+
+
+@pytest.mark.parametrize("shape", [(4, 16, 16), (3, 5, 7), (2, 1, 9), (1, 16, 64)])
+def test_white_tophat_equals_scipy_any_shape(rng, shape):
+    """Images smaller than the disk, a single row, a single image; float64 input too."""
+    img = rng.random(shape)
+    ref = np.stack(
+        [
+            ndimage.white_tophat(x.astype(np.float32), footprint=disk(10), mode="reflect")
+            for x in img
+        ]
+    )
+    got = white_tophat_disk(img, 10)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, ref)
+    assert white_tophat_disk(np.zeros((0, 4, 4), np.float32), 10).shape == (0, 4, 4)
+
+
+def test_white_tophat_column_splits_filter_parts_separately(rng):
+    img = rng.random((6, 16, 64)).astype(np.float32)
+    got = white_tophat_disk(img, 10, threads=2, column_splits=(16,))
+    np.testing.assert_array_equal(got[..., :16], white_tophat_disk(img[..., :16], 10))
+    np.testing.assert_array_equal(got[..., 16:], white_tophat_disk(img[..., 16:], 10))
+    three = white_tophat_disk(img, 3, column_splits=(5, 6))
+    np.testing.assert_array_equal(three[..., 5:6], white_tophat_disk(img[..., 5:6], 3))
+    with pytest.raises(ValueError, match="column_splits"):
+        white_tophat_disk(img, 10, column_splits=(64,))
 
 
 def test_clean_target_normalises_each_part():

@@ -1,4 +1,5 @@
 import hashlib
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -9,7 +10,13 @@ from srsmlm.clustering import cluster_stage
 from srsmlm.errors import InputError
 from srsmlm.geometry import Geometry
 from srsmlm.localizations import filter_stage
-from srsmlm.patches import PatchParams, place_boxes, prepare_patches, run_jitter
+from srsmlm.patches import (
+    PatchParams,
+    background_boxes,
+    place_boxes,
+    prepare_patches,
+    run_jitter,
+)
 
 G = Geometry(16, 16, 48, 230)
 NOJIT = dict(offset_jitter=(0, 0), row_jitter=0, box_shift=0, min_loc_max=0.0, background_patches=0)
@@ -258,3 +265,24 @@ def test_background_patches_avoid_molecules(tmp_path):
         assert np.array_equal(np.diff(box["frame"]), np.ones(len(box) - 1))
     clean = tifffile.imread(o / "clean.tif")
     assert clean.shape == (32, 16, 64) and clean.min() >= 0 and clean.max() <= 1
+
+
+def test_background_boxes_check_only_the_frames_they_span():
+    """A molecule seen in frame 20 only: boxes whose 9 frames include frame 20 keep away from
+    it; the others may sit on its pixel. Same seed -> same boxes."""
+    g = Geometry(16, 16, 48, 230)
+    stack = SimpleNamespace(frame_shape=(64, 420), n_frames=40)
+    locs = pd.DataFrame({"frame": [20], "pixel_x": [60], "pixel_y": [30]})
+    boxes, group = background_boxes(locs, stack, g, 900, 9, np.random.default_rng(5))
+    assert len(group) == 900 and np.array_equal(np.bincount(group), np.full(100, 9))
+    first = boxes.frame[::9]
+    x = boxes.loc_col0[::9] + g.half_loc_width
+    y = boxes.loc_row0[::9] + g.half_height
+    near = (np.abs(x - 60) < 48) & (np.abs(y - 30) < 16)
+    spans = (first <= 20) & (first + 8 >= 20)
+    assert not (near & spans).any()
+    assert (near & ~spans).any()  # the check is per frame range, not global
+    again, _ = background_boxes(locs, stack, g, 900, 9, np.random.default_rng(5))
+    assert np.array_equal(again.frame, boxes.frame) and np.array_equal(
+        again.loc_col0, boxes.loc_col0
+    )

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 import tifffile
 
-from srsmlm.simulate import _render_frame, acquisition_seed, draw_emissions, pixel_integrals
+from srsmlm.seeds import acquisition_seed
+from srsmlm.simulate import _render_frame, draw_emissions, pixel_integrals
 
 from .conftest import tiny_params
 

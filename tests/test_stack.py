@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from srsmlm import stack as stack_module
 from srsmlm.errors import InputError
 from srsmlm.simulate import write_micromanager_series
 from srsmlm.stack import Stack
@@ -12,14 +13,24 @@ def _data(t=7, h=12, w=20):
 
 
 def _boxes():
+    """Frames (1-based) and one kind of 2 x 3 box (row0, col0, height, width), hand-placed."""
     frames = np.array([3, 1, 3, 7])
-    rows = np.array([[0, 1], [2, 3], [10, 11], [5, 6]])
-    cols = np.array([[0, 1, 2], [5, 6, 7], [17, 18, 19], [1, 2, 3]])
-    return frames, rows, cols
+    return frames, [(np.array([0, 2, 10, 5]), np.array([0, 5, 17, 1]), 2, 3)]
 
 
-def _expected(data, frames, rows, cols):
-    return np.stack([data[f - 1][r][:, c] for f, r, c in zip(frames, rows, cols, strict=True)])
+def _expected(data, frames, boxes):
+    (row0, col0, h, w), *_ = boxes
+    return [
+        np.stack(
+            [data[f - 1, r : r + h, c : c + w] for f, r, c in zip(frames, row0, col0, strict=True)]
+        )
+    ]
+
+
+def _same(got, expected):
+    return len(got) == len(expected) and all(
+        np.array_equal(a, b) for a, b in zip(got, expected, strict=True)
+    )
 
 
 def test_memmapped_single_file(tmp_path):
@@ -29,7 +40,34 @@ def test_memmapped_single_file(tmp_path):
     with Stack(p) as s:
         assert s.shape == (7, 12, 20) and s._fh is not None
         assert np.array_equal(s.frame(7), data[6])
-        assert np.array_equal(s.gather(*_boxes()), _expected(data, *_boxes()))
+        assert _same(s.gather(*_boxes()), _expected(data, *_boxes()))
+
+
+def test_gather_two_kinds_of_box_from_one_read(tmp_path, monkeypatch):
+    """The localization box and the spectral box (another size, another row) of each patch
+    come from one read of each frame; a box that leaves the frame is an error, not a wrap."""
+    data = _data()
+    p = tmp_path / "s.ome.tif"
+    tifffile.imwrite(p, data, ome=True, metadata={"axes": "TYX"})
+    frames = np.array([3, 1, 3, 7])
+    loc = (np.array([0, 2, 9, 5]), np.array([0, 5, 1, 1]), 3, 2)
+    spec = (np.array([1, 3, 8, 4]), np.array([10, 15, 14, 12]), 3, 5)
+    with Stack(p) as s:
+        reads = []
+        original = s.frame
+        monkeypatch.setattr(s, "frame", lambda f, out=None: reads.append(f) or original(f, out))
+        got = s.gather(frames, [loc, spec])
+        assert reads == [1, 3, 7]
+        assert _same(got, _expected(data, frames, [loc]) + _expected(data, frames, [spec]))
+        assert got[1][3].tolist() == data[6, 4:7, 12:17].tolist()
+        # a buffer of one or two frames: read in several batches, same boxes
+        for frames_per_batch in (1, 2):
+            monkeypatch.setattr(stack_module, "GATHER_BUFFER_BYTES", frames_per_batch * 12 * 20 * 2)
+            assert _same(s.gather(frames, [loc, spec]), got)
+        with pytest.raises(ValueError, match="leaves"):
+            s.gather(frames, [(np.array([0, 0, 0, -1]), np.zeros(4, int), 2, 2)])
+        with pytest.raises(ValueError, match="leaves"):
+            s.gather(frames, [(np.zeros(4, int), np.array([0, 0, 0, 16]), 2, 5)])
 
 
 def test_compressed_file_read_page_by_page(tmp_path):
@@ -38,7 +76,7 @@ def test_compressed_file_read_page_by_page(tmp_path):
     tifffile.imwrite(p, data, compression="zlib", metadata={"axes": "TYX"})
     with Stack(p) as s:
         assert s._fh is None
-        assert np.array_equal(s.gather(*_boxes()), _expected(data, *_boxes()))
+        assert _same(s.gather(*_boxes()), _expected(data, *_boxes()))
 
 
 def test_micromanager_split_series_reads_as_one_stack(tmp_path):
@@ -54,9 +92,9 @@ def test_micromanager_split_series_reads_as_one_stack(tmp_path):
     with Stack(paths[0]) as s:
         assert s.shape == (9, 12, 20)
         assert np.array_equal(s.frame(9), data[8])
-        frames, rows, cols = _boxes()
+        _, boxes = _boxes()
         frames = np.array([9, 1, 5, 6])
-        assert np.array_equal(s.gather(frames, rows, cols), _expected(data, frames, rows, cols))
+        assert _same(s.gather(frames, boxes), _expected(data, frames, boxes))
 
 
 def test_squeezes_singleton_axes(tmp_path):
@@ -85,4 +123,4 @@ def test_truncated_stack(tmp_path):
     p.write_bytes(p.read_bytes()[: 64 * 64 * 2 * 20])
     with pytest.raises(InputError, match="truncated|cannot read"):
         with Stack(p) as s:
-            s.gather(np.array([50]), np.array([[0]]), np.array([[0]]))
+            s.gather(np.array([50]), [(np.array([0]), np.array([0]), 1, 1)])

@@ -14,20 +14,42 @@ difference; here M x N is the whole patch and every difference counts.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
-from scipy.ndimage import maximum_filter1d, minimum_filter1d
-from skimage.morphology import disk
 
 from .geometry import Geometry
 
+#: images processed together in the per-image reductions (keeps float64 temporaries in cache)
+_BLOCK = 256
+#: images side by side in one top-hat band (bounds the band's width and memory)
+_TOPHAT_IMAGES = 4096
+
+
+def _blocks(n: int, size: int = _BLOCK) -> Iterator[slice]:
+    for i in range(0, n, size):
+        yield slice(i, min(i + size, n))
+
 
 def spatial_frequency(patches: np.ndarray) -> np.ndarray:
-    """SF of each image in ``patches`` (..., M, N); returns shape (...) in the input's units."""
-    p = np.asarray(patches, dtype=np.float64)
+    """SF of each image in ``patches`` (..., M, N); returns float64 of shape (...) in the input's
+    units. Computed in float64, a block of images at a time."""
+    p = np.asarray(patches)
     m, n = p.shape[-2:]
-    rf2 = np.sum(np.diff(p, axis=-1) ** 2, axis=(-2, -1)) / (m * n)
-    cf2 = np.sum(np.diff(p, axis=-2) ** 2, axis=(-2, -1)) / (m * n)
-    return np.sqrt(rf2 + cf2)
+    flat = p.reshape(-1, m, n)
+    out = np.empty(len(flat), dtype=np.float64)
+    for b in _blocks(len(flat)):
+        out[b] = _sf64(flat[b].astype(np.float64))
+    return out.reshape(p.shape[:-2])
+
+
+def _sf64(q: np.ndarray) -> np.ndarray:
+    """SF of each image of a float64 (k, M, N) block."""
+    m, n = q.shape[-2:]
+    dx = np.diff(q, axis=-1)
+    dy = np.diff(q, axis=-2)
+    ss = np.einsum("kij,kij->k", dx, dx) + np.einsum("kij,kij->k", dy, dy)
+    return np.sqrt(ss / (m * n))
 
 
 def leave_one_out_fusion(
@@ -39,77 +61,104 @@ def leave_one_out_fusion(
     starting at 0). For frame i of a run with SF weights s and frames P:
     ``fused_i = (sum_j s_j P_j - s_i P_i) / (sum_j s_j - s_i)``; where the other frames' weights
     sum to 0 (flat patches) the plain mean of the other frames is used. A run of one frame has
-    no other frame: its fused image is all zeros. Returns (fused float64 (N,H,W), sf (N,)).
+    no other frame: its fused image is all zeros. Arithmetic in float64, whole runs at a time
+    (about ``_BLOCK`` frames, so the temporaries stay in cache); returns (fused (N, H, W) in
+    float32, or float64 for float64 input; sf float64 (N,)).
     """
-    p = np.asarray(patches, dtype=np.float64)
+    p = np.asarray(patches)
     n = len(p)
-    sf = spatial_frequency(p)
-    if n == 0:
-        return np.zeros_like(p), sf
-    run_starts = np.asarray(run_starts, dtype=np.int64)
-    run_of = np.repeat(np.arange(len(run_starts)), np.diff(np.append(run_starts, n)))
-    weighted = p * sf[:, None, None]
-    tot_w = np.add.reduceat(weighted, run_starts, axis=0)[run_of] - weighted
-    tot_s = np.add.reduceat(sf, run_starts)[run_of] - sf
-    tot_p = np.add.reduceat(p, run_starts, axis=0)[run_of] - p
-    count = np.bincount(run_of)[run_of] - 1
-    fused = np.zeros_like(p)
-    ok = tot_s > 0
-    fused[ok] = tot_w[ok] / tot_s[ok, None, None]
-    flat = ~ok & (count > 0)
-    fused[flat] = tot_p[flat] / count[flat, None, None]
+    fused = np.zeros(p.shape, dtype=np.float64 if p.dtype == np.float64 else np.float32)
+    sf = np.zeros(n, dtype=np.float64)
+    bounds = np.append(np.asarray(run_starts, dtype=np.int64), n)
+    lo = 0
+    while lo < n:
+        # whole runs from bounds[lo] up to about _BLOCK frames (at least one run)
+        first = int(np.searchsorted(bounds, lo))
+        last = max(first + 1, int(np.searchsorted(bounds, lo + _BLOCK, side="right")) - 1)
+        hi = int(bounds[last])
+        q = p[lo:hi].astype(np.float64)
+        sf[lo:hi] = _sf64(q)
+        fused[lo:hi] = _fuse_runs(q, sf[lo:hi], bounds[first:last] - lo)
+        lo = hi
     return fused, sf
 
 
-def _disk_rows(radius: int) -> list[tuple[int, int]]:
-    """(row offset, half width) of each row of skimage's ``disk(radius)``."""
-    fp = disk(radius)
-    return [(dy - radius, int(fp[dy].sum()) // 2) for dy in range(fp.shape[0])]
+def _fuse_runs(p: np.ndarray, sf: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """leave_one_out_fusion on a block of whole runs (float64 arrays)."""
+    n = len(p)
+    run_of = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, n)))
+    weighted = p * sf[:, None, None]
+    fused = np.add.reduceat(weighted, starts, axis=0)[run_of]
+    fused -= weighted
+    tot_s = np.add.reduceat(sf, starts)[run_of] - sf
+    ok = tot_s > 0
+    fused /= np.where(ok, tot_s, 1.0)[:, None, None]
+    if not ok.all():  # the other frames are flat (SF 0): their plain mean; none: zeros
+        count = np.bincount(run_of)[run_of] - 1
+        tot_p = np.add.reduceat(p, starts, axis=0)[run_of] - p
+        fused[~ok] = tot_p[~ok] / np.maximum(count[~ok], 1)[:, None, None]
+    return fused
 
 
-def _disk_rectangles(radius: int) -> list[tuple[int, int]]:
-    """The disk as a union of centred rectangles (half height, half width), one per distinct
-    row half-width: a row at offset dy of half-width X lies in the rectangle of that X whose
-    half height is the largest |dy| with half-width >= X."""
-    rows = _disk_rows(radius)
-    return [(max(abs(dy) for dy, h in rows if h >= x), x) for x in sorted({h for _, h in rows})]
+def disk_footprint(radius: int) -> np.ndarray:
+    """skimage.morphology.disk(radius) (pixels with dx^2 + dy^2 <= radius^2) as uint8; built here
+    so the patch stage need not import scikit-image (equality is tested)."""
+    d = np.arange(-radius, radius + 1)
+    return (d[:, None] ** 2 + d[None, :] ** 2 <= radius**2).astype(np.uint8)
 
 
-def _disk_filter(img: np.ndarray, radius: int, op: str) -> np.ndarray:
-    """Grey erosion ('min') or dilation ('max') of each image in (N, H, W) by a flat disk.
+def white_tophat_disk(
+    img: np.ndarray, radius: int, threads: int = 1, column_splits: tuple[int, ...] = ()
+) -> np.ndarray:
+    """White top-hat (image minus its grey opening) of each image in (N, H, W) with a flat disk.
 
-    Exact decomposition: the disk is a union of centred rectangles, and the min (max) over a
-    rectangle is separable into two 1-D filters (O(1) per pixel, van Herk / Gil-Werman).
-    Borders reflect independently per axis (scipy's 'reflect'), as scipy.ndimage does.
+    Equals ``scipy.ndimage.white_tophat(img[i], footprint=skimage.morphology.disk(radius),
+    mode="reflect")`` for every i (tested). ``column_splits`` cut each image at those columns
+    into parts filtered as separate images (the localization and spectral boxes of a patch).
+
+    How: for a min or max filter, scipy's 'reflect' border is the same as clipping the
+    footprint to the image. So the images (and their parts) are laid side by side in one band
+    H rows high, each followed by ``radius`` columns of +inf (-inf for the dilation) that the
+    footprint reaches but never crosses, and OpenCV erodes and dilates the band in one call
+    each (``threads`` threads; the result does not depend on their number), clipping at the
+    band's top and bottom rows as at the images' own.
     """
-    filt = minimum_filter1d if op == "min" else maximum_filter1d
-    reduce = np.minimum if op == "min" else np.maximum
-    out = None
-    for half_h, half_w in _disk_rectangles(radius):
-        t = filt(img, size=2 * half_w + 1, axis=-1, mode="reflect")
-        t = filt(t, size=2 * half_h + 1, axis=-2, mode="reflect")
-        out = t if out is None else reduce(out, t, out=out)
-    return out
+    import cv2  # only here: the rest of the package does not need OpenCV
 
-
-def white_tophat_disk(img: np.ndarray, radius: int, threads: int = 1) -> np.ndarray:
-    """White top-hat (image minus its grey opening) of each image in (N, H, W) with a disk.
-
-    Equals ``scipy.ndimage.white_tophat(img[i], footprint=skimage.morphology.disk(radius))``
-    for every i (tested), but runs in O(radius) per pixel instead of O(radius^2). With
-    ``threads`` > 1 the images are split between threads (scipy's filters release the GIL).
-    """
-    img = np.asarray(img)
-    if radius <= 0:
+    img = np.asarray(img, dtype=np.float32)
+    n, h, w = img.shape
+    if radius <= 0 or n == 0:
         return np.zeros_like(img)
-    if threads > 1 and len(img) >= 2 * threads:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(threads) as pool:
-            parts = pool.map(lambda c: white_tophat_disk(c, radius), np.array_split(img, threads))
-            return np.concatenate(list(parts))
-    opened = _disk_filter(_disk_filter(img, radius, "min"), radius, "max")
-    return img - opened
+    edges = [0, *column_splits, w]
+    if any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+        raise ValueError(f"column_splits {column_splits} must increase within 1..{w - 1}")
+    # (first column in the image, width, first column in the band's block for one image)
+    parts = [
+        (a, b - a, a + i * radius) for i, (a, b) in enumerate(zip(edges, edges[1:], strict=False))
+    ]
+    block = w + len(parts) * radius
+    fp = disk_footprint(radius)
+    cv2.setNumThreads(max(1, int(threads)))
+    out = np.empty_like(img)
+    for sl in _blocks(n, _TOPHAT_IMAGES):
+        k = sl.stop - sl.start
+        band = np.empty((h, k, block), dtype=np.float32)
+        for a, pw, m in parts:
+            band[:, :, m : m + pw] = img[sl, :, a : a + pw].transpose(1, 0, 2)
+            band[:, :, m + pw : m + pw + radius] = np.inf
+        eroded = cv2.erode(band.reshape(h, -1), fp, borderType=cv2.BORDER_REPLICATE)
+        eroded = eroded.reshape(h, k, block)
+        for _, pw, m in parts:
+            eroded[:, :, m + pw : m + pw + radius] = -np.inf
+        opened = cv2.dilate(eroded.reshape(h, -1), fp, borderType=cv2.BORDER_REPLICATE)
+        opened = opened.reshape(h, k, block)
+        for a, pw, m in parts:
+            np.subtract(
+                img[sl, :, a : a + pw],
+                opened[:, :, m : m + pw].transpose(1, 0, 2),
+                out=out[sl, :, a : a + pw],
+            )
+    return out
 
 
 def clean_target(
@@ -124,13 +173,12 @@ def clean_target(
     white top-hat with a disk of ``tophat_radius`` px on each part separately."""
     wl = geometry.loc_width
     fused = np.asarray(fused, dtype=np.float32)
-    out = np.empty_like(fused)
+    norm = np.zeros_like(fused)
     for sl, factor in ((np.s_[..., :wl], 1.0), (np.s_[..., wl:], amp_factor)):
         part = fused[sl]
         mx = part.max(axis=(-2, -1), keepdims=True) * np.float32(factor)
-        norm = np.divide(part, mx, out=np.zeros_like(part), where=mx > 0)
-        out[sl] = white_tophat_disk(norm, tophat_radius, threads)
-    return out
+        np.divide(part, mx, out=norm[sl], where=mx > 0)
+    return white_tophat_disk(norm, tophat_radius, threads, column_splits=(wl,))
 
 
 def limit_range(target: np.ndarray, ceiling: float | None) -> np.ndarray:

@@ -80,20 +80,22 @@ class PatchSpool:
         self.files.append(chunk)
         self.n += n
 
-    def pages(self, name: str):
+    def chunks(self, name: str) -> Iterator[np.ndarray]:
         for chunk in self.files:
-            yield from np.load(chunk[name], mmap_mode="r")
+            yield np.load(chunk[name])
 
     def write(self, paths: dict[str, str | Path], shape: tuple[int, int]) -> None:
-        """Write each named stack to its TIFF (atomically)."""
+        """Write each named stack to its TIFF (atomically), one chunk at a time: the image data
+        is contiguous, so each chunk is one write (same bytes as writing page by page)."""
         for name, path in paths.items():
             with atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as tif:
                 tif.write(
-                    self.pages(name),
+                    self.chunks(name),
                     shape=(self.n, *shape),
                     dtype=np.float32,
                     photometric="minisblack",
                     metadata={"axes": "QYX"},
+                    contiguous=True,
                 )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from .fusion import (
 )
 from .geometry import Geometry
 from .io import PatchSpool, spool_dir, write_csv
-from .simulate import acquisition_seed
+from .seeds import acquisition_seed
 from .stack import NORMALISATION, Stack
 
 log = logging.getLogger(__name__)
@@ -116,17 +117,16 @@ def place_boxes(
 
 def extract_patches(stack: Stack, boxes: Boxes, g: Geometry) -> np.ndarray:
     """Cut (N, height, width) float32 patches (counts / 2**16) for in-frame boxes."""
-    rows_loc = boxes.loc_row0[:, None] + np.arange(g.height)[None, :]
-    rows_spec = boxes.spec_row0[:, None] + np.arange(g.height)[None, :]
-    cols_loc = boxes.loc_col0[:, None] + np.arange(g.loc_width)[None, :]
-    cols_spec = boxes.spec_col0[:, None] + np.arange(g.spectral_width)[None, :]
     out = np.empty((len(boxes.frame), g.height, g.width), dtype=np.float32)
-    if np.array_equal(rows_loc, rows_spec):
-        cols = np.concatenate([cols_loc, cols_spec], axis=1)
-        out[:] = stack.gather(boxes.frame, rows_loc, cols)
-    else:
-        out[:, :, : g.loc_width] = stack.gather(boxes.frame, rows_loc, cols_loc)
-        out[:, :, g.loc_width :] = stack.gather(boxes.frame, rows_spec, cols_spec)
+    loc, spec = stack.gather(
+        boxes.frame,
+        [
+            (boxes.loc_row0, boxes.loc_col0, g.height, g.loc_width),
+            (boxes.spec_row0, boxes.spec_col0, g.height, g.spectral_width),
+        ],
+    )
+    out[:, :, : g.loc_width] = loc
+    out[:, :, g.loc_width :] = spec
     out /= np.float32(NORMALISATION)
     return out
 
@@ -140,7 +140,7 @@ def run_targets(
     the guide's target before the range limit (the quantity the guide's selection uses).
     """
     fused, sf_raw = leave_one_out_fusion(raw, run_starts)
-    target = clean_target(fused.astype(np.float32), g, p.amp_factor, p.tophat_radius, threads)
+    target = clean_target(fused, g, p.amp_factor, p.tophat_radius, threads)
     sf_target = spatial_frequency(target)
     target = limit_range(target, p.target_max).astype(np.float32)
     return target, sf_raw, sf_target
@@ -213,8 +213,11 @@ def background_boxes(
     if x_hi <= x_lo or y_hi <= y_lo:
         return place_boxes(np.zeros(0), np.zeros(0), np.zeros(0), g), np.zeros(0, dtype=np.int64)
     reach = max(g.loc_width, g.spectral_width)
-    by_frame = locs.groupby("frame")[["pixel_x", "pixel_y"]]
-    frames_with = dict(list(by_frame))
+    # localizations sorted by frame: those of frames f0 .. f0 + run_length - 1 are one slice
+    order = np.argsort(locs["frame"].to_numpy(), kind="stable")
+    loc_frame = locs["frame"].to_numpy()[order]
+    loc_x = locs["pixel_x"].to_numpy()[order]
+    loc_y = locs["pixel_y"].to_numpy()[order]
     chosen: list[tuple[int, int, int]] = []
     attempts = 0
     while len(chosen) < n_boxes and attempts < 50 * n_boxes:
@@ -222,17 +225,8 @@ def background_boxes(
         f0 = int(rng.integers(1, frames_needed + 1))
         bx = int(rng.integers(x_lo, x_hi + 1))
         by = int(rng.integers(y_lo, y_hi + 1))
-        clash = False
-        for f in range(f0, f0 + run_length):
-            near = frames_with.get(f)
-            if near is None:
-                continue
-            if (
-                (np.abs(near["pixel_y"].to_numpy() - by) < g.height)
-                & (np.abs(near["pixel_x"].to_numpy() - bx) < reach)
-            ).any():
-                clash = True
-                break
+        lo, hi = np.searchsorted(loc_frame, [f0, f0 + run_length])
+        clash = ((np.abs(loc_y[lo:hi] - by) < g.height) & (np.abs(loc_x[lo:hi] - bx) < reach)).any()
         if not clash:
             chosen.append((f0, bx, by))
     if len(chosen) < n_boxes:
@@ -428,8 +422,11 @@ def prepare_patches(
             ]
             front = [c for c in front if c in table.columns]
             table = table[front + [c for c in table.columns if c not in front]]
-            spool.write({"raw": raw_tif, "clean": clean_tif}, g.shape)
-            write_csv(table, table_csv)
+            # the table is formatted while the TIFFs are written (file writes release the GIL)
+            with ThreadPoolExecutor(1) as pool:
+                csv_done = pool.submit(write_csv, table, table_csv)
+                spool.write({"raw": raw_tif, "clean": clean_tif}, g.shape)
+                csv_done.result()
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
     counts["patches"] = spool.n

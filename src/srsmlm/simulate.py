@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from scipy.special import erf
 
 from .geometry import Geometry
 from .io import atomic_path, write_csv
+from .seeds import acquisition_seed
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,6 @@ class SimulationParams:
             if k in kwargs:
                 kwargs[k] = tuple(float(v) for v in kwargs[k])
         return cls(geometry=geometry, mean_photons=float(mean_photons), **kwargs)
-
-
-def acquisition_seed(seed: int, name: str, stage: str) -> np.random.Generator:
-    """A random generator derived from the global seed, the acquisition name and the stage."""
-    return np.random.default_rng([int(seed), zlib.crc32(name.encode()), zlib.crc32(stage.encode())])
 
 
 def pixel_integrals(centres: np.ndarray, sd: np.ndarray | float, start: np.ndarray, n: int):

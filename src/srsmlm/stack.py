@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import tifffile
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .errors import InputError
 
@@ -15,6 +17,9 @@ log = logging.getLogger(__name__)
 
 #: the guide's normalisation: raw counts are divided by 2**16
 NORMALISATION = float(2**16)
+
+#: frames read at once by Stack.gather (bounds its memory)
+GATHER_BUFFER_BYTES = 32 * 2**20
 
 
 class Stack:
@@ -93,24 +98,27 @@ class Stack:
     def frame_shape(self) -> tuple[int, int]:
         return self.shape[1], self.shape[2]
 
-    def frame(self, frame: int) -> np.ndarray:
-        """One frame (1-based), as stored (uint16), shape (rows, columns)."""
+    def frame(self, frame: int, out: np.ndarray | None = None) -> np.ndarray:
+        """One frame (1-based), as stored (uint16), shape (rows, columns); read into ``out``
+        (C-contiguous, that shape and the stack dtype) when given."""
         if not 1 <= frame <= self.n_frames:
             raise IndexError(f"frame {frame} outside 1..{self.n_frames}")
+        if out is None:
+            out = np.empty(self.frame_shape, dtype=self.dtype)
         if self._fh is not None:
-            buf = bytearray(self._frame_bytes)
             self._fh.seek(self._offset + (frame - 1) * self._frame_bytes)
-            if self._fh.readinto(buf) != self._frame_bytes:
+            if self._fh.readinto(memoryview(out).cast("B")) != self._frame_bytes:
                 raise InputError(
                     self.path, f"cannot read frame {frame} (file truncated)", "copy the file again"
                 )
-            return np.frombuffer(buf, dtype=self.dtype).reshape(self.frame_shape)
+            return out
         try:
             page = self._series.pages[frame - 1]
             with warnings.catch_warnings():
                 # tifffile reopens the other files of a multi-file series on demand
                 warnings.filterwarnings("ignore", message=".*reading array from closed file")
-                return np.asarray(page.asarray()).reshape(self.frame_shape)
+                out[:] = np.asarray(page.asarray()).reshape(self.frame_shape)
+                return out
         except Exception as exc:
             raise InputError(
                 self.path,
@@ -118,22 +126,49 @@ class Stack:
                 "the file is corrupt or truncated; copy it again",
             ) from None
 
-    def gather(self, frames: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """Gather boxes: ``out[i] = stack[frames[i], rows[i][:, None], cols[i][None, :]]``.
+    def gather(
+        self, frames: np.ndarray, boxes: Sequence[tuple[np.ndarray, np.ndarray, int, int]]
+    ) -> list[np.ndarray]:
+        """Cut boxes out of frames; each needed frame is read once, in increasing order.
 
-        frames: (N,) 1-based; rows: (N, h); cols: (N, w). Returns (N, h, w) in the stack dtype.
-        Reads each needed frame once, in increasing order.
+        frames: (N,) 1-based. boxes: one (row0 (N,), col0 (N,), height, width) per kind of box
+        (e.g. the localization box and the spectral box of each patch). Returns one
+        (N, height, width) array per kind, in the stack dtype, with
+        ``out[k][i] = frame[frames[i]][row0[i]:row0[i] + height, col0[i]:col0[i] + width]``.
+        Boxes must lie inside the frame (ValueError otherwise).
         """
         frames = np.asarray(frames, dtype=np.int64)
-        out = np.empty((len(frames), rows.shape[1], cols.shape[1]), dtype=self.dtype)
+        rows, cols = self.frame_shape
+        kinds = []
+        for row0, col0, h, w in boxes:
+            row0, col0 = np.asarray(row0, np.int64), np.asarray(col0, np.int64)
+            if len(frames) and (
+                row0.min() < 0 or col0.min() < 0 or row0.max() + h > rows or col0.max() + w > cols
+            ):
+                raise ValueError(f"{self.path}: a {h} x {w} box leaves the {rows} x {cols} frame")
+            kinds.append((row0, col0, h, w))
+        out = [np.empty((len(frames), h, w), dtype=self.dtype) for _, _, h, w in kinds]
         if len(frames) == 0:
             return out
         order = np.argsort(frames, kind="stable")
         sorted_frames = frames[order]
-        bounds = np.flatnonzero(np.diff(sorted_frames)) + 1
-        for group in np.split(order, bounds):
-            img = self.frame(int(frames[group[0]]))
-            out[group] = img[rows[group][:, :, None], cols[group][:, None, :]]
+        needed = np.unique(sorted_frames)
+        # frames are read into a reused buffer of at most GATHER_BUFFER_BYTES, then all boxes
+        # of those frames are cut in one vectorised step per kind
+        per_batch = max(1, GATHER_BUFFER_BYTES // self._frame_bytes)
+        buf = np.empty((min(per_batch, len(needed)), *self.frame_shape), dtype=self.dtype)
+        for b0 in range(0, len(needed), per_batch):
+            batch = needed[b0 : b0 + per_batch]
+            for j, f in enumerate(batch):
+                self.frame(int(f), out=buf[j])
+            lo = np.searchsorted(sorted_frames, batch[0], side="left")
+            hi = np.searchsorted(sorted_frames, batch[-1], side="right")
+            idx = order[lo:hi]
+            pos = np.searchsorted(batch, sorted_frames[lo:hi])
+            for dest, (row0, col0, h, w) in zip(out, kinds, strict=True):
+                # every h x w window of every frame, indexed by frame and top-left corner (a view)
+                windows = sliding_window_view(buf[: len(batch)], (h, w), axis=(1, 2))
+                dest[idx] = windows[pos, row0[idx], col0[idx]]
         return out
 
     def close(self) -> None:
