@@ -143,3 +143,17 @@ def test_white_tophat_threads_give_the_same_result():
     for threads in (2, 3):
         np.testing.assert_array_equal(white_tophat_disk(img, 10, threads=threads), one)
     np.testing.assert_array_equal(white_tophat_disk(img[:3], 10, threads=2), one[:3])  # too few
+
+
+def test_white_tophat_part_divisors_normalise_first(rng):
+    img = rng.random((7, 16, 64)).astype(np.float32)
+    loc_max = img[..., :16].max(axis=(1, 2))
+    spec_div = np.where(np.arange(7) == 3, 0.0, 0.5 * img[..., 16:].max(axis=(1, 2)))
+    got = white_tophat_disk(img, 10, 2, (16,), [loc_max, spec_div.astype(np.float32)])
+    norm = img.copy()
+    norm[..., :16] /= loc_max[:, None, None]
+    norm[..., 16:] /= np.where(spec_div > 0, spec_div, np.inf)[:, None, None].astype(np.float32)
+    np.testing.assert_array_equal(got, white_tophat_disk(norm, 10, 1, (16,)))
+    assert (got[3, :, 16:] == 0).all()  # divisor 0: the part is zero, not inf or nan
+    with pytest.raises(ValueError, match="part_divisors"):
+        white_tophat_disk(img, 10, 1, (16,), [loc_max])

@@ -1,8 +1,10 @@
+import threading
+
 import numpy as np
 import pytest
 import tifffile
 
-from srsmlm.io import PatchSpool, atomic_path, spool_dir, write_tif
+from srsmlm.io import PatchSpool, atomic_path, prefetch, spool_dir, write_tif
 
 
 def test_patch_spool_writes_chunks_as_one_stack(tmp_path):
@@ -32,3 +34,40 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("boom")
     assert not target.exists() and list(target.parent.iterdir()) == []
+
+
+def test_prefetch_keeps_order_and_overlaps():
+    """Results come in order; fn of the next item runs while the caller holds the current."""
+    started = {i: threading.Event() for i in range(4)}
+
+    def fn(i):
+        started[i].set()
+        return i * i
+
+    seen = []
+    for item, result in prefetch(range(4), fn):
+        seen.append((item, result))
+        if item < 3:  # the next item is being computed while we hold this one
+            assert started[item + 1].wait(timeout=10)
+    assert seen == [(0, 0), (1, 1), (2, 4), (3, 9)]
+    assert list(prefetch([], fn)) == []
+
+
+def test_prefetch_raises_for_the_failing_item():
+    def fn(i):
+        if i == 2:
+            raise OSError("disk gone")
+        return i
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for item, _ in prefetch(range(5), fn):
+            got.append(item)
+    assert got == [0, 1]
+
+
+def test_patch_spool_save_failure_is_raised(tmp_path):
+    spool = PatchSpool(tmp_path / "missing_dir", ("raw",))
+    spool.add(raw=np.zeros((2, 3, 3)))
+    with pytest.raises(OSError):
+        spool.close()

@@ -178,20 +178,21 @@ def test_targets_in_range_and_selection_rule(tiny_acquisition, tmp_path):
     } <= set(table.columns)
 
 
-def test_same_seed_same_bytes_and_seed_changes_jitter(tiny_acquisition, tmp_path):
+def test_same_seed_same_bytes_any_chunking_and_seed_changes_jitter(tiny_acquisition, tmp_path):
     loc, clu = tmp_path / "loc.csv", tmp_path / "clu.csv"
     filter_stage(tiny_acquisition["peakfit"], "peakfit", None, 300, None, None, loc)
     cluster_stage(loc, 0.001, 3, 9, clu)
     p = PatchParams(min_loc_max=0.0, background_patches=20, chunk_size=100)
+    one_chunk = PatchParams(min_loc_max=0.0, background_patches=20, chunk_size=100_000)
     digests = []
-    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+    for name, seed, params in (("a", 1, p), ("b", 1, p), ("c", 2, p), ("d", 1, one_chunk)):
         o = tmp_path / name
         prepare_patches(
             clu,
             loc,
             tiny_acquisition["stack"],
             G,
-            p,
+            params,
             seed,
             "tiny",
             9,
@@ -207,6 +208,7 @@ def test_same_seed_same_bytes_and_seed_changes_jitter(tiny_acquisition, tmp_path
         )
     assert digests[0] == digests[1]
     assert digests[0] != digests[2]
+    assert digests[0] == digests[3]  # chunking changes nothing
 
 
 def test_bad_inputs(tmp_path):

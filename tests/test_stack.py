@@ -54,10 +54,13 @@ def test_gather_two_kinds_of_box_from_one_read(tmp_path, monkeypatch):
     spec = (np.array([1, 3, 8, 4]), np.array([10, 15, 14, 12]), 3, 5)
     with Stack(p) as s:
         reads = []
-        original = s.frame
-        monkeypatch.setattr(s, "frame", lambda f, out=None: reads.append(f) or original(f, out))
+        original = s._read_rows
+        monkeypatch.setattr(
+            s, "_read_rows", lambda f, a, b, out: reads.append((f, a, b)) or original(f, a, b, out)
+        )
         got = s.gather(frames, [loc, spec])
-        assert reads == [1, 3, 7]
+        # only the rows the boxes cover, each run of rows once, frames in file order
+        assert reads == [(1, 2, 6), (3, 0, 4), (3, 8, 12), (7, 4, 8)]
         assert _same(got, _expected(data, frames, [loc]) + _expected(data, frames, [spec]))
         assert got[1][3].tolist() == data[6, 4:7, 12:17].tolist()
         # a buffer of one or two frames: read in several batches, same boxes

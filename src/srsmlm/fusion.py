@@ -14,7 +14,7 @@ difference; here M x N is the whole patch and every difference counts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -108,13 +108,20 @@ def disk_footprint(radius: int) -> np.ndarray:
 
 
 def white_tophat_disk(
-    img: np.ndarray, radius: int, threads: int = 1, column_splits: tuple[int, ...] = ()
+    img: np.ndarray,
+    radius: int,
+    threads: int = 1,
+    column_splits: tuple[int, ...] = (),
+    part_divisors: Sequence[np.ndarray] | None = None,
 ) -> np.ndarray:
     """White top-hat (image minus its grey opening) of each image in (N, H, W) with a flat disk.
 
     Equals ``scipy.ndimage.white_tophat(img[i], footprint=skimage.morphology.disk(radius),
     mode="reflect")`` for every i (tested). ``column_splits`` cut each image at those columns
     into parts filtered as separate images (the localization and spectral boxes of a patch).
+    ``part_divisors`` (one (N,) array per part) divide each part of each image first (a part
+    whose divisor is not positive becomes 0): the top-hat of the normalised parts, without a
+    normalised copy of the images.
 
     How: for a min or max filter, scipy's 'reflect' border is the same as clipping the
     footprint to the image. So the images (and their parts) are laid side by side in one band
@@ -137,14 +144,24 @@ def white_tophat_disk(
         (a, b - a, a + i * radius) for i, (a, b) in enumerate(zip(edges, edges[1:], strict=False))
     ]
     block = w + len(parts) * radius
+    if part_divisors is None:
+        divisors = [None] * len(parts)
+    elif len(part_divisors) != len(parts):
+        raise ValueError(f"{len(part_divisors)} part_divisors for {len(parts)} parts")
+    else:  # x / inf = 0 where the divisor is not positive
+        divisors = [np.where(d > 0, d, np.inf).astype(np.float32) for d in part_divisors]
     fp = disk_footprint(radius)
     cv2.setNumThreads(max(1, int(threads)))
     out = np.empty_like(img)
     for sl in _blocks(n, _TOPHAT_IMAGES):
         k = sl.stop - sl.start
         band = np.empty((h, k, block), dtype=np.float32)
-        for a, pw, m in parts:
-            band[:, :, m : m + pw] = img[sl, :, a : a + pw].transpose(1, 0, 2)
+        for (a, pw, m), d in zip(parts, divisors, strict=True):
+            source = img[sl, :, a : a + pw].transpose(1, 0, 2)
+            if d is None:
+                band[:, :, m : m + pw] = source
+            else:
+                np.divide(source, d[None, sl, None], out=band[:, :, m : m + pw])
             band[:, :, m + pw : m + pw + radius] = np.inf
         eroded = cv2.erode(band.reshape(h, -1), fp, borderType=cv2.BORDER_REPLICATE)
         eroded = eroded.reshape(h, k, block)
@@ -154,9 +171,9 @@ def white_tophat_disk(
         opened = opened.reshape(h, k, block)
         for a, pw, m in parts:
             np.subtract(
-                img[sl, :, a : a + pw],
-                opened[:, :, m : m + pw].transpose(1, 0, 2),
-                out=out[sl, :, a : a + pw],
+                band[:, :, m : m + pw],
+                opened[:, :, m : m + pw],
+                out=out[sl, :, a : a + pw].transpose(1, 0, 2),
             )
     return out
 
@@ -173,12 +190,11 @@ def clean_target(
     white top-hat with a disk of ``tophat_radius`` px on each part separately."""
     wl = geometry.loc_width
     fused = np.asarray(fused, dtype=np.float32)
-    norm = np.zeros_like(fused)
-    for sl, factor in ((np.s_[..., :wl], 1.0), (np.s_[..., wl:], amp_factor)):
-        part = fused[sl]
-        mx = part.max(axis=(-2, -1), keepdims=True) * np.float32(factor)
-        np.divide(part, mx, out=norm[sl], where=mx > 0)
-    return white_tophat_disk(norm, tophat_radius, threads, column_splits=(wl,))
+    maxima = [
+        fused[..., :wl].max(axis=(-2, -1)),
+        fused[..., wl:].max(axis=(-2, -1)) * np.float32(amp_factor),
+    ]
+    return white_tophat_disk(fused, tophat_radius, threads, (wl,), maxima)
 
 
 def limit_range(target: np.ndarray, ceiling: float | None) -> np.ndarray:

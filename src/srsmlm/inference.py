@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .geometry import Geometry
-from .io import PatchSpool, spool_dir, write_csv, write_json
+from .io import PatchSpool, prefetch, spool_dir, write_csv, write_json
 from .model import load_model
 from .patches import check_geometry_fits, check_inside_stack, extract_patches, place_boxes
 from .stack import Stack
@@ -140,12 +140,16 @@ def denoise_acquisition(
         keep_idx = np.flatnonzero(inside)
         kept_boxes = boxes.subset(keep_idx)
         tmp = spool_dir(raw_tif)
+        spool = PatchSpool(tmp, ("raw", "denoised"))
         try:
-            spool = PatchSpool(tmp, ("raw", "denoised"))
             t0 = time.perf_counter()
-            for k, sl in enumerate(_chunks(len(keep_idx), chunk_size)):
-                sub = kept_boxes.subset(np.arange(sl.start, sl.stop))
-                raw = extract_patches(stack, sub, g)
+
+            def read_chunk(sl: slice) -> np.ndarray:
+                return extract_patches(stack, kept_boxes.subset(np.arange(sl.start, sl.stop)), g)
+
+            # the next chunk is read from the stack while this one is predicted
+            chunks = prefetch(_chunks(len(keep_idx), chunk_size), read_chunk)
+            for k, (_, raw) in enumerate(chunks):
                 spool.add(raw=raw, denoised=predict_batches(model, raw, batch_size))
                 rate = spool.n / max(time.perf_counter() - t0, 1e-9)
                 log.info(
@@ -177,6 +181,7 @@ def denoise_acquisition(
             write_csv(table, table_csv)
             write_csv(skipped, skipped_csv)
         finally:
+            spool.close()
             shutil.rmtree(tmp, ignore_errors=True)
     counts["denoised"] = int(len(keep_idx))
     log.info("denoised %d of %d localizations", counts["denoised"], len(locs))

@@ -6,13 +6,17 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 import tifffile
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @contextlib.contextmanager
@@ -57,15 +61,34 @@ def write_tif(array: np.ndarray, path: str | Path) -> None:
         tifffile.imwrite(tmp, array, photometric="minisblack", metadata={"axes": "QYX"})
 
 
+def prefetch(items: Iterable[T], fn: Callable[[T], R]) -> Iterator[tuple[T, R]]:
+    """Yield ``(item, fn(item))`` in order, computing ``fn`` of the next item in a background
+    thread while the caller works on the current one (e.g. reading the next chunk of patches
+    while this one is filtered). At most two results exist at a time; an exception in ``fn``
+    is raised here, for the item it belongs to."""
+    with ThreadPoolExecutor(1) as pool:
+        pending: tuple[T, Future[R]] | None = None
+        for item in items:
+            future = pool.submit(fn, item)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = (item, future)
+        if pending is not None:
+            yield pending[0], pending[1].result()
+
+
 class PatchSpool:
-    """Patches appended chunk by chunk to .npy files in a temporary folder, then streamed page
-    by page into N x H x W float32 TIFFs: memory stays bounded by one chunk."""
+    """Patches appended chunk by chunk to .npy files in a temporary folder (saved by a
+    background thread, so the caller goes on computing), then written into N x H x W float32
+    TIFFs a chunk at a time: memory stays bounded by a few chunks."""
 
     def __init__(self, directory: str | Path, names: tuple[str, ...]):
         self.dir = Path(directory)
         self.names = names
         self.files: list[dict[str, Path]] = []
         self.n = 0
+        self._saver = ThreadPoolExecutor(1)
+        self._saving: list[Future[None]] = []
 
     def add(self, **arrays: np.ndarray) -> None:
         n = len(next(iter(arrays.values())))
@@ -73,12 +96,30 @@ class PatchSpool:
             return
         if set(arrays) != set(self.names) or any(len(a) != n for a in arrays.values()):
             raise ValueError(f"PatchSpool.add needs {self.names} of equal length")
+        self._wait(keep=1)  # at most one chunk waits to be saved (bounded memory)
         i = len(self.files)
         chunk = {name: self.dir / f"{name}_{i:05d}.npy" for name in self.names}
-        for name, path in chunk.items():
-            np.save(path, np.asarray(arrays[name], dtype=np.float32))
+        data = {name: np.asarray(arrays[name], dtype=np.float32) for name in self.names}
+        self._saving.append(self._saver.submit(self._save, chunk, data))
         self.files.append(chunk)
         self.n += n
+
+    @staticmethod
+    def _save(chunk: dict[str, Path], data: dict[str, np.ndarray]) -> None:
+        for name, path in chunk.items():
+            np.save(path, data[name])
+
+    def _wait(self, keep: int = 0) -> None:
+        """Wait until at most ``keep`` saves are pending; re-raise a failed save."""
+        while len(self._saving) > keep:
+            self._saving.pop(0).result()
+
+    def close(self) -> None:
+        """Finish (or fail) the pending saves and stop the saving thread."""
+        try:
+            self._wait()
+        finally:
+            self._saver.shutdown(wait=True)
 
     def chunks(self, name: str) -> Iterator[np.ndarray]:
         for chunk in self.files:
@@ -87,6 +128,7 @@ class PatchSpool:
     def write(self, paths: dict[str, str | Path], shape: tuple[int, int]) -> None:
         """Write each named stack to its TIFF (atomically), one chunk at a time: the image data
         is contiguous, so each chunk is one write (same bytes as writing page by page)."""
+        self._wait()
         for name, path in paths.items():
             with atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as tif:
                 tif.write(

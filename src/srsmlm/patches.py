@@ -28,7 +28,7 @@ from .fusion import (
     spatial_frequency,
 )
 from .geometry import Geometry
-from .io import PatchSpool, spool_dir, write_csv
+from .io import PatchSpool, prefetch, spool_dir, write_csv
 from .seeds import acquisition_seed
 from .stack import NORMALISATION, Stack
 
@@ -47,7 +47,7 @@ class PatchParams:
     min_loc_max: float = 0.09
     background_patches: int = 0
     target_max: float | None = 1.0
-    chunk_size: int = 8192
+    chunk_size: int = 2048
 
     @classmethod
     def from_config(cls, section: dict) -> PatchParams:
@@ -140,10 +140,17 @@ def run_targets(
     the guide's target before the range limit (the quantity the guide's selection uses).
     """
     fused, sf_raw = leave_one_out_fusion(raw, run_starts)
+    target, sf_target = targets_from_fused(fused, g, p, threads)
+    return target, sf_raw, sf_target
+
+
+def targets_from_fused(
+    fused: np.ndarray, g: Geometry, p: PatchParams, threads: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """The second half of run_targets: (target float32 in [0, target_max], sf_target)."""
     target = clean_target(fused, g, p.amp_factor, p.tophat_radius, threads)
     sf_target = spatial_frequency(target)
-    target = limit_range(target, p.target_max).astype(np.float32)
-    return target, sf_raw, sf_target
+    return limit_range(target, p.target_max).astype(np.float32, copy=False), sf_target
 
 
 def _run_starts(run_ids: np.ndarray) -> np.ndarray:
@@ -306,12 +313,17 @@ def prepare_patches(
             first = runs["frame"].to_numpy()[starts[kept_runs]]
             kept_runs = kept_runs[np.argsort(first, kind="stable")]
             counts.update(dropped_ratio=0, dropped_dim=0, signal_patches=0)
-            for chunk in _chunks(kept_runs, starts, len(runs), p.chunk_size):
+
+            def read_chunk(chunk: np.ndarray) -> tuple[np.ndarray, Boxes, np.ndarray]:
                 idx = np.concatenate(
                     [np.arange(starts[r], _run_end(starts, r, len(runs))) for r in chunk]
                 )
                 sub = boxes.subset(idx)
-                raw = extract_patches(stack, sub, g)
+                return idx, sub, extract_patches(stack, sub, g)
+
+            # the next chunk is read while this one is computed
+            chunks = _chunks(kept_runs, starts, len(runs), p.chunk_size)
+            for _, (idx, sub, raw) in prefetch(chunks, read_chunk):
                 cstarts = _run_starts(run_ids[idx])
                 target, sf_raw, sf_target = run_targets(raw, cstarts, g, p, threads)
                 with np.errstate(divide="ignore", invalid="ignore"):
@@ -428,6 +440,7 @@ def prepare_patches(
                 spool.write({"raw": raw_tif, "clean": clean_tif}, g.shape)
                 csv_done.result()
         finally:
+            spool.close()
             shutil.rmtree(tmpdir, ignore_errors=True)
     counts["patches"] = spool.n
     return counts

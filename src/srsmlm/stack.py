@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,16 @@ class Stack:
                 "the file is corrupt or truncated; copy it again",
             ) from None
 
+    def _read_rows(self, frame: int, start: int, stop: int, out: np.ndarray) -> None:
+        """Rows start..stop-1 of a frame (direct reads only) into ``out`` (contiguous)."""
+        row_bytes = self._frame_bytes // self.shape[1]
+        offset = self._offset + (frame - 1) * self._frame_bytes + start * row_bytes
+        nbytes = (stop - start) * row_bytes
+        if os.preadv(self._fh.fileno(), [memoryview(out).cast("B")], offset) != nbytes:
+            raise InputError(
+                self.path, f"cannot read frame {frame} (file truncated)", "copy the file again"
+            )
+
     def gather(
         self, frames: np.ndarray, boxes: Sequence[tuple[np.ndarray, np.ndarray, int, int]]
     ) -> list[np.ndarray]:
@@ -159,12 +170,18 @@ class Stack:
         buf = np.empty((min(per_batch, len(needed)), *self.frame_shape), dtype=self.dtype)
         for b0 in range(0, len(needed), per_batch):
             batch = needed[b0 : b0 + per_batch]
-            for j, f in enumerate(batch):
-                self.frame(int(f), out=buf[j])
             lo = np.searchsorted(sorted_frames, batch[0], side="left")
             hi = np.searchsorted(sorted_frames, batch[-1], side="right")
             idx = order[lo:hi]
             pos = np.searchsorted(batch, sorted_frames[lo:hi])
+            if self._fh is None:
+                for j, f in enumerate(batch):
+                    self.frame(int(f), out=buf[j])
+            else:  # only the rows the boxes cover, one read per run of needed rows
+                for j, a, b in _row_runs(
+                    len(batch), rows, pos, [(r[idx], h) for r, _, h, _ in kinds]
+                ):
+                    self._read_rows(int(batch[j]), a, b, buf[j, a:b])
             for dest, (row0, col0, h, w) in zip(out, kinds, strict=True):
                 # every h x w window of every frame, indexed by frame and top-left corner (a view)
                 windows = sliding_window_view(buf[: len(batch)], (h, w), axis=(1, 2))
@@ -183,3 +200,21 @@ class Stack:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _row_runs(
+    n_frames: int, n_rows: int, pos: np.ndarray, boxes: Sequence[tuple[np.ndarray, int]]
+) -> Iterator[tuple[int, int, int]]:
+    """Runs of rows covered by boxes: (frame position, first row, stop row), in file order.
+
+    pos: frame position (0..n_frames-1) of each box; boxes: (row0 per box, height) per kind.
+    """
+    cover = np.zeros((n_frames, n_rows + 1), dtype=np.int32)
+    for row0, h in boxes:
+        np.add.at(cover, (pos, row0), 1)
+        np.add.at(cover, (pos, row0 + h), -1)
+    needed = np.cumsum(cover[:, :n_rows], axis=1) > 0
+    edges = np.diff(needed.astype(np.int8), axis=1, prepend=0, append=0)
+    fr, start = np.nonzero(edges == 1)
+    _, stop = np.nonzero(edges == -1)
+    return zip(fr.tolist(), start.tolist(), stop.tolist(), strict=True)
