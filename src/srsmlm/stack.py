@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -132,7 +131,8 @@ class Stack:
         row_bytes = self._frame_bytes // self.shape[1]
         offset = self._offset + (frame - 1) * self._frame_bytes + start * row_bytes
         nbytes = (stop - start) * row_bytes
-        if os.preadv(self._fh.fileno(), [memoryview(out).cast("B")], offset) != nbytes:
+        self._fh.seek(offset)
+        if self._fh.readinto(memoryview(out).cast("B")) != nbytes:
             raise InputError(
                 self.path, f"cannot read frame {frame} (file truncated)", "copy the file again"
             )
