@@ -140,17 +140,10 @@ def run_targets(
     the guide's target before the range limit (the quantity the guide's selection uses).
     """
     fused, sf_raw = leave_one_out_fusion(raw, run_starts)
-    target, sf_target = targets_from_fused(fused, g, p, threads)
-    return target, sf_raw, sf_target
-
-
-def targets_from_fused(
-    fused: np.ndarray, g: Geometry, p: PatchParams, threads: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """The second half of run_targets: (target float32 in [0, target_max], sf_target)."""
     target = clean_target(fused, g, p.amp_factor, p.tophat_radius, threads)
     sf_target = spatial_frequency(target)
-    return limit_range(target, p.target_max).astype(np.float32, copy=False), sf_target
+    target = limit_range(target, p.target_max).astype(np.float32, copy=False)
+    return target, sf_raw, sf_target
 
 
 def _run_starts(run_ids: np.ndarray) -> np.ndarray:

@@ -106,11 +106,7 @@ class Stack:
         if out is None:
             out = np.empty(self.frame_shape, dtype=self.dtype)
         if self._fh is not None:
-            self._fh.seek(self._offset + (frame - 1) * self._frame_bytes)
-            if self._fh.readinto(memoryview(out).cast("B")) != self._frame_bytes:
-                raise InputError(
-                    self.path, f"cannot read frame {frame} (file truncated)", "copy the file again"
-                )
+            self._read_rows(frame, 0, self.shape[1], out)
             return out
         try:
             page = self._series.pages[frame - 1]
