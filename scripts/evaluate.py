@@ -13,4 +13,5 @@ run_step(
     tolerance_nm=snakemake.params.tolerance_nm,
     metrics_json=snakemake.output.metrics,
     table_csv=snakemake.output.table,
+    molecules_paths=list(snakemake.input.molecules),
 )

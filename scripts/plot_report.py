@@ -3,22 +3,37 @@
 from srsmlm.logs import run_step
 from srsmlm.plots import report_stage
 
-out = snakemake.output
+FIGURES = (
+    "montage",
+    "loss",
+    "histograms",
+    "precision",
+    "rendering",
+    "evaluation",
+    "mle_error",
+    "mle_efficiency",
+    "flagged",
+    "molecules",
+)
+
+inp, out, params = snakemake.input, snakemake.output, snakemake.params
 run_step(
     snakemake.log[0],
     report_stage,
-    predictions_npz=snakemake.input.predictions,
-    index_csv=snakemake.input.index,
-    history_csv=snakemake.input.history,
-    test_metrics_json=snakemake.input.test_metrics,
-    spectra_csvs=list(snakemake.input.spectra),
-    precision_csvs=list(snakemake.input.precision),
-    truth_csvs=list(snakemake.input.truth),
-    metrics_json=snakemake.input.metrics[0] if snakemake.input.metrics else None,
-    out={
-        k: out[k] for k in ("montage", "loss", "histograms", "precision", "rendering", "evaluation")
-    },
+    predictions_npz=inp.predictions,
+    index_csv=inp.index,
+    history_csv=inp.history,
+    test_metrics_json=inp.test_metrics,
+    spectra_csvs=list(inp.spectra),
+    precision_csvs=list(inp.precision),
+    truth_csvs=dict(zip(params.evaluated, inp.truth, strict=True)),
+    metrics_json=inp.metrics[0] if inp.metrics else None,
+    out={k: out[k] for k in FIGURES},
     summary_json=out.summary,
-    render_zoom=snakemake.params.render["render_zoom"],
-    render_sigma_px=snakemake.params.render["render_sigma_px"],
+    render_zoom=params.render["render_zoom"],
+    render_sigma_px=params.render["render_sigma_px"],
+    raw_tifs=list(inp.raw),
+    molecule_csvs=list(inp.molecules),
+    seed=params.seed,
+    signal_bins=params.signal_bins,
 )

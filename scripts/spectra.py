@@ -11,9 +11,13 @@ run_step(
     raw_tif=snakemake.input.raw,
     denoised_tif=snakemake.input.denoised,
     clusters_csv=snakemake.input.clusters,
+    stack_path=snakemake.input.stack,
     geometry=Geometry.from_config(snakemake.params.geometry),
     section=snakemake.params.spectra,
+    camera=snakemake.params.camera,
     seed=snakemake.params.seed,
     spectra_csv=snakemake.output.spectra,
     precision_csv=snakemake.output.precision,
+    molecules_csv=snakemake.output.molecules,
+    threads=snakemake.threads,
 )

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
+
+from srsmlm.mle import FLAGS
+from srsmlm.readout import MLE_COLUMNS
 
 from .pipeline import make_workdir, snakemake, tiny_config, write_config
 
@@ -29,6 +34,7 @@ def test_pipeline_outputs(tiny_run):
         "evaluation/test_metrics.json",
         "tiny_a/denoised/denoised.tif",
         "tiny_a/spectra.csv",
+        "tiny_a/molecules.csv",
         "evaluation/metrics.json",
         "report/summary.json",
         "report/montage.png",
@@ -49,8 +55,20 @@ def test_pipeline_outputs(tiny_run):
         "sc_denoised_nm",
         "fit_raw_centre_nm",
         "dye_denoised",
+        *MLE_COLUMNS,
     } <= set(spectra.columns)
     assert len(spectra) == len(den)
+    assert set(spectra["sc_mle_flag"].dropna()) <= set(FLAGS)
+    trusted = spectra[spectra["sc_mle_flag"].isna()]
+    max_crlb = tiny_config()["spectra"]["max_crlb_nm"]
+    assert len(trusted) and trusted["sc_mle_crlb_nm"].between(0, max_crlb).all()
+    molecules = pd.read_csv(wd / "results/tiny_a/molecules.csv")
+    clusters = pd.read_csv(wd / "results/tiny_a/clusters.csv")
+    runs = set(clusters.loc[clusters["cluster"] >= 0, "cluster"])
+    assert set(molecules["cluster"]) == runs & set(spectra["cluster"])
+    metrics = json.loads((wd / "results/evaluation/metrics.json").read_text())
+    assert {"raw_mle", "raw_mle_trusted", "molecule"} <= set(metrics["sc_error"])
+    assert 0 < metrics["mle"]["coverage_2x"] <= 1
     assert not (wd / "results/tiny_b/spectra.csv").exists()  # role train only
 
 

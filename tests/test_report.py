@@ -10,7 +10,14 @@ import pytest
 
 from .pipeline import snakemake
 
-CATEGORIES = ["1. Patches", "2. Training", "3. Spectra", "4. Images", "5. Evaluation"]
+CATEGORIES = [
+    "1. Patches",
+    "2. Training",
+    "3. Spectra",
+    "4. Images",
+    "5. Evaluation",
+    "6. MLE readout",
+]
 
 
 def _chromium() -> str:
@@ -75,4 +82,4 @@ def test_report_renders_with_figures(tiny_run, tmp_path):
         browser.close()
     assert not failed, failed
     assert not errors, errors
-    assert len(shown) == 6, shown
+    assert len(shown) == 10, shown

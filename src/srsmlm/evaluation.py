@@ -12,6 +12,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
 from .io import write_csv, write_json
+from .mle import FLAGS
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,8 @@ log = logging.getLogger(__name__)
 ESTIMATORS = {
     "raw_centroid": "sc_raw_nm",
     "raw_gaussian_fit": "fit_raw_centre_nm",
+    "raw_mle": "sc_mle_nm",
+    "raw_mle_trusted": "sc_mle_nm",
     "sf_fused_centroid": "sc_fused_nm",
     "denoised_centroid": "sc_denoised_nm",
     "denoised_gaussian_fit": "fit_denoised_centre_nm",
@@ -84,6 +87,95 @@ def classification_accuracy(predicted: np.ndarray, true: np.ndarray) -> float:
     return float(conf[rows, cols].sum() / len(p))
 
 
+def _estimator_errors(matched: pd.DataFrame, est: str, col: str) -> tuple[np.ndarray, np.ndarray]:
+    """Errors (nm) of one estimator and the rows they belong to (a boolean mask): runs only for
+    the SF-fused centroid, trusted fits only for ``raw_mle_trusted``."""
+    rows = np.ones(len(matched), dtype=bool)
+    if est == "sf_fused_centroid":
+        rows = matched["cluster"].to_numpy() >= 0
+    elif est == "raw_mle_trusted":
+        rows = matched["sc_mle_flag"].fillna("").to_numpy() == ""
+    return (matched[col] - matched["sc_true_nm"]).to_numpy()[rows], rows
+
+
+def _grouped_rows(
+    est: str, err: np.ndarray, keys: np.ndarray, by: str, labels: dict, tolerance: float
+) -> list[dict[str, Any]]:
+    """One row of error statistics per group (signal bin or dye)."""
+    rows = []
+    for key in np.unique(keys):
+        if key < 0:
+            continue
+        rows.append(
+            {
+                "estimator": est,
+                "by": by,
+                "group": int(key),
+                **labels.get(int(key), {}),
+                **error_stats(err[keys == key], tolerance),
+            }
+        )
+    return rows
+
+
+def mle_quality(
+    matched: pd.DataFrame, all_rows: pd.DataFrame, signal_bin: np.ndarray, bins: pd.IntervalIndex
+) -> dict[str, Any]:
+    """Flags, efficiency (CRLB-implied RMSE / observed RMSE of trusted fits, overall and by
+    signal bin) and calibration of the bound (fraction of trusted errors within 1x and 2x)."""
+    flag = all_rows["sc_mle_flag"].fillna("")
+    fractions = {"any": float((flag != "").mean()) if len(flag) else float("nan")}
+    fractions |= {f: float((flag == f).mean()) if len(flag) else float("nan") for f in FLAGS}
+    trusted = (matched["sc_mle_flag"].fillna("") == "").to_numpy()
+    err = (matched["sc_mle_nm"] - matched["sc_true_nm"]).to_numpy()
+    crlb = matched["sc_mle_crlb_nm"].to_numpy()
+    ok = trusted & np.isfinite(err) & np.isfinite(crlb)
+
+    def eff(mask):
+        m = ok & mask
+        if not m.any():
+            return float("nan"), float("nan"), 0
+        bound, observed = np.sqrt(np.mean(crlb[m] ** 2)), np.sqrt(np.mean(err[m] ** 2))
+        return float(bound), float(observed), int(m.sum())
+
+    by_bin = []
+    for b in range(len(bins)):
+        bound, observed, n = eff(signal_bin == b)
+        by_bin.append(
+            {
+                "signal_bin": b,
+                "signal_min": bins[b].left,
+                "signal_max": bins[b].right,
+                "n_trusted": n,
+                "crlb_rmse_nm": bound,
+                "observed_rmse_nm": observed,
+                "efficiency": bound / observed if n else float("nan"),
+            }
+        )
+    bound, observed, n = eff(np.ones(len(matched), dtype=bool))
+    return {
+        "flagged_fraction": fractions,
+        "coverage_1x": float(np.mean(np.abs(err[ok]) <= crlb[ok])) if n else float("nan"),
+        "coverage_2x": float(np.mean(np.abs(err[ok]) <= 2 * crlb[ok])) if n else float("nan"),
+        "efficiency": bound / observed if n else float("nan"),
+        "crlb_rmse_nm": bound,
+        "observed_rmse_nm": observed,
+        "by_signal_bin": by_bin,
+    }
+
+
+def molecule_errors(molecules: pd.DataFrame, matched: pd.DataFrame) -> pd.DataFrame:
+    """Per-molecule error against the molecule's true centre: the true value most of the run's
+    matched localizations carry (runs mixing molecules keep their majority)."""
+    truth = (
+        matched[matched["cluster"] >= 0]
+        .groupby(["acquisition", "cluster"])[["sc_true_nm", "dye_true"]]
+        .agg(lambda v: v.mode().iloc[0])
+    )
+    m = molecules.join(truth, on=["acquisition", "cluster"], how="inner")
+    return m.assign(error_nm=m["sc_nm"] - m["sc_true_nm"])
+
+
 def evaluate(
     spectra_paths: list[str | Path],
     truth_paths: list[str | Path],
@@ -92,11 +184,14 @@ def evaluate(
     tolerance_nm: float,
     metrics_json: str | Path,
     table_csv: str | Path,
+    molecules_paths: list[str | Path] | None = None,
 ) -> dict[str, Any]:
-    """Spectral-centroid error of every estimator against the truth, overall and by signal bin."""
+    """Spectral-centre error of every estimator against the truth (overall, by signal bin and by
+    true dye), the maximum-likelihood readout's flags, efficiency and CRLB calibration, and the
+    per-molecule error."""
     frames = []
     for name, sp, tp in zip(names, spectra_paths, truth_paths, strict=True):
-        m = match_truth(pd.read_csv(sp), pd.read_csv(tp))
+        m = match_truth(pd.read_csv(sp, keep_default_na=True), pd.read_csv(tp))
         frames.append(m.assign(acquisition=name))
     df = pd.concat(frames, ignore_index=True)
     matched = df[df["sc_true_nm"].notna()].copy()
@@ -107,37 +202,28 @@ def evaluate(
         len(df) - len(matched),
     )
     bins = pd.qcut(matched["signal"], q=signal_bins, duplicates="drop")
-    matched["signal_bin"] = bins.cat.codes
-    rows = []
+    signal_bin = bins.cat.codes.to_numpy()
+    labels = {
+        i: {"signal_min": iv.left, "signal_max": iv.right}
+        for i, iv in enumerate(bins.cat.categories)
+    }
+    rows: list[dict[str, Any]] = []
     overall: dict[str, Any] = {}
+    dyes = matched["dye_true"].to_numpy()
     for est, col in ESTIMATORS.items():
         if col not in matched:
             continue
-        err = (matched[col] - matched["sc_true_nm"]).to_numpy()
-        dyes = matched["dye_true"].to_numpy()
+        err, sel = _estimator_errors(matched, est, col)
+        stats = error_stats(err, tolerance_nm)
         if est == "sf_fused_centroid":
-            in_run = matched["cluster"].to_numpy() >= 0
-            err, dyes = err[in_run], dyes[in_run]
-            stats = error_stats(err, tolerance_nm) | {"note": "localizations in runs only"}
-        else:
-            stats = error_stats(err, tolerance_nm)
-        stats["bias_by_true_dye_nm"] = bias_by_group(err, dyes)
+            stats["note"] = "localizations in runs only"
+        elif est == "raw_mle_trusted":
+            stats["note"] = "localizations with an empty sc_mle_flag only"
+        stats["bias_by_true_dye_nm"] = bias_by_group(err, dyes[sel])
         overall[est] = stats
-        for b, grp in matched.groupby("signal_bin"):
-            e = (grp[col] - grp["sc_true_nm"]).to_numpy()
-            if est == "sf_fused_centroid":
-                e = e[grp["cluster"].to_numpy() >= 0]
-            iv = bins.cat.categories[b]
-            rows.append(
-                {
-                    "estimator": est,
-                    "signal_bin": int(b),
-                    "signal_min": iv.left,
-                    "signal_max": iv.right,
-                    **error_stats(e, tolerance_nm),
-                }
-            )
-    metrics = {
+        rows += _grouped_rows(est, err, signal_bin[sel], "signal_bin", labels, tolerance_nm)
+        rows += _grouped_rows(est, err, dyes[sel], "dye", {}, tolerance_nm)
+    metrics: dict[str, Any] = {
         "matched_localizations": int(len(matched)),
         "tolerance_nm": tolerance_nm,
         "sc_error": overall,
@@ -145,10 +231,36 @@ def evaluate(
             name: classification_accuracy(
                 matched[f"dye_{name}"].to_numpy(), matched["dye_true"].to_numpy()
             )
-            for name in ("raw", "denoised")
+            for name in ("raw", "denoised", "mle")
             if f"dye_{name}" in matched
         },
     }
+    if "sc_mle_nm" in matched:
+        metrics["mle"] = mle_quality(matched, df, signal_bin, bins.cat.categories)
+    if molecules_paths:
+        mols = pd.concat(
+            [
+                pd.read_csv(p).assign(acquisition=n)
+                for n, p in zip(names, molecules_paths, strict=True)
+            ],
+            ignore_index=True,
+        )
+        me = molecule_errors(mols, matched)
+        for est, col in (
+            ("molecule", "sc_nm"),
+            ("molecule_joint", "sc_joint_nm"),
+            ("molecule_mean", "sc_mean_nm"),
+        ):
+            if col in me:
+                e = (me[col] - me["sc_true_nm"]).to_numpy()
+                overall[est] = error_stats(e, tolerance_nm) | {
+                    "note": "one value per run against the molecule's true centre",
+                    "bias_by_true_dye_nm": bias_by_group(e, me["dye_true"].to_numpy()),
+                }
+                rows += _grouped_rows(est, e, me["dye_true"].to_numpy(), "dye", {}, tolerance_nm)
+        metrics["dye_accuracy"]["molecule"] = classification_accuracy(
+            me["dye"].to_numpy(), me["dye_true"].to_numpy()
+        )
     best_classical = min(overall["raw_centroid"]["rmse_nm"], overall["raw_gaussian_fit"]["rmse_nm"])
     metrics["denoised_beats_classical"] = bool(
         min(overall["denoised_centroid"]["rmse_nm"], overall["denoised_gaussian_fit"]["rmse_nm"])
@@ -158,12 +270,23 @@ def evaluate(
     write_json(metrics, metrics_json)
     for est, s in overall.items():
         log.info(
-            "%-22s bias %+.2f nm, RMSE %.2f nm, median |err| %.2f nm, within %.0f nm: %.1f%%",
+            "%-22s n %6d, bias %+.2f nm, RMSE %.2f nm, median |err| %.2f nm, within %.0f nm: %.1f%%",
             est,
+            s["n"],
             s["bias_nm"],
             s["rmse_nm"],
             s["median_abs_error_nm"],
             tolerance_nm,
             100 * s["within_tolerance"],
+        )
+    if "mle" in metrics:
+        q = metrics["mle"]
+        log.info(
+            "MLE flags %s; efficiency %.2f; coverage 1x %.3f, 2x %.3f; by signal bin %s",
+            q["flagged_fraction"],
+            q["efficiency"],
+            q["coverage_1x"],
+            q["coverage_2x"],
+            [round(b["efficiency"], 3) for b in q["by_signal_bin"]],
         )
     return metrics

@@ -13,8 +13,9 @@ Model (all lengths in camera pixels, wavelengths in nm, signals in photons unles
   the column at distance ``spectral_offset`` from the molecule having wavelength
   ``wavelength_at_offset_nm``. Pixel values are exact integrals of the Gaussians over pixels
   (pixel column c spans x in [c, c+1)).
-* Camera: uniform background (photons/px), Poisson shot noise, gain (ADU/photon), offset (ADU),
-  Gaussian read noise (ADU), rounded and clipped to uint16.
+* Camera (the config's ``camera:`` section): uniform background (photons/px), Poisson shot
+  noise, for an EMCCD the electron multiplication (Gamma(n, 1) per pixel: excess-noise factor 2),
+  gain (ADU/photon), offset (ADU), Gaussian read noise (ADU), rounded and clipped to uint16.
 
 Outputs: a uint16 OME-TIFF stack (written frame block by frame block, never whole in memory),
 the localization table a localizer would produce (PeakFit text and ThunderSTORM CSV, with
@@ -64,6 +65,7 @@ class SimulationParams:
     nm_per_px: float = 2.06
     wavelength_at_offset_nm: float = 560.0
     background_photons: float = 30.0
+    camera_type: str = "scmos"
     gain: float = 2.0
     offset_adu: float = 100.0
     read_noise_adu: float = 1.6
@@ -79,6 +81,15 @@ class SimulationParams:
     def from_config(cls, sim: Mapping[str, Any], geometry: Geometry, mean_photons: float):
         keys = {f for f in cls.__dataclass_fields__ if f not in ("geometry", "mean_photons")}
         kwargs = {k: sim[k] for k in keys if k in sim}
+        camera = sim.get("camera") or {}
+        for ours, theirs in (
+            ("camera_type", "type"),
+            ("gain", "gain_adu_per_photon"),
+            ("offset_adu", "offset_adu"),
+            ("read_noise_adu", "read_noise_adu"),
+        ):
+            if theirs in camera:
+                kwargs[ours] = camera[theirs]
         for k in ("dyes_nm", "spot_region_x"):
             if k in kwargs:
                 kwargs[k] = tuple(float(v) for v in kwargs[k])
@@ -203,7 +214,9 @@ def render_frames(
         idx = by_frame.get(f)
         em = cols.iloc[idx] if idx is not None else cols.iloc[:0]
         expected = _render_frame(p, em, pad, spot_half, spec_half)[pad:-pad, pad:-pad]
-        counts = rng.poisson(expected)
+        counts = rng.poisson(expected).astype(np.float64)
+        if p.camera_type == "emccd":  # electron multiplication: Gamma(n, 1) per pixel
+            counts = rng.gamma(counts, 1.0)
         adu = p.gain * counts + p.offset_adu + rng.normal(0.0, p.read_noise_adu, counts.shape)
         yield np.clip(np.rint(adu), 0, np.iinfo(np.uint16).max).astype(np.uint16)
 

@@ -264,60 +264,203 @@ def precision_by_signal(df: pd.DataFrame, columns: dict[str, str], n_bins: int) 
     return out.reset_index(drop=True)
 
 
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(a, min(a + size, n)) for a in range(0, n, max(size, 1))]
+
+
+def read_pages(path: str | Path, index: np.ndarray | slice, shape: tuple[int, int]) -> np.ndarray:
+    """Selected patches (float32) of a contiguous patch TIFF, without reading the others (the
+    file is memory-mapped only for the copy)."""
+    import tifffile
+
+    mm = tifffile.memmap(path, mode="r")
+    try:
+        return np.array(mm.reshape(-1, *shape)[index], dtype=np.float32)
+    finally:
+        del mm
+
+
+def patch_readouts(
+    table: pd.DataFrame,
+    paths: dict[str, str | Path],
+    geometry: Geometry,
+    cal: Calibration,
+    n_rows: int,
+    chunk_size: int,
+) -> pd.DataFrame:
+    """Centroid, Gaussian fit and positive sum of the raw and denoised patches, chunk by chunk."""
+    parts = []
+    for sl in _chunks(len(table), chunk_size):
+        cols: dict[str, np.ndarray] = {}
+        for name, path in paths.items():
+            r = readout(read_pages(path, sl, geometry.shape), table.iloc[sl], geometry, cal, n_rows)
+            cols[f"sc_{name}_nm"] = r["sc"]
+            cols[f"fit_{name}_centre_nm"] = r["fit_centre"]
+            cols[f"fit_{name}_width_nm"] = r["fit_width"]
+            cols[f"fit_{name}_amplitude"] = r["fit_amplitude"]
+            cols[f"sum_{name}"] = r["sum"]
+        parts.append(pd.DataFrame(cols, index=table.index[sl]))
+    return pd.concat(parts) if parts else pd.DataFrame(index=table.index)
+
+
+def fused_readout(
+    table: pd.DataFrame,
+    raw_tif: str | Path,
+    geometry: Geometry,
+    cal: Calibration,
+    n_rows: int,
+    chunk_size: int,
+) -> pd.Series:
+    """Centroid of each run localization's leave-one-out SF-fused patch (NaN outside runs),
+    whole runs at a time, about ``chunk_size`` patches per step."""
+    from .fusion import leave_one_out_fusion
+
+    sc = pd.Series(np.nan, index=table.index)
+    in_run = np.flatnonzero(table["cluster"].to_numpy() >= 0)
+    if not len(in_run):
+        return sc
+    cl, fr = table["cluster"].to_numpy()[in_run], table["frame"].to_numpy()[in_run]
+    order = in_run[np.lexsort((fr, cl))]
+    runs = table["cluster"].to_numpy()[order]
+    starts = np.flatnonzero(np.r_[True, runs[1:] != runs[:-1]])
+    bounds = np.r_[starts, len(order)]
+    a = 0
+    while a < len(starts):  # whole runs, at least one per step
+        b = max(a + 1, int(np.searchsorted(bounds, bounds[a] + chunk_size, side="right")) - 1)
+        b = min(b, len(starts))
+        idx = order[bounds[a] : bounds[b]]
+        raw = read_pages(raw_tif, idx, geometry.shape)
+        fused, _ = leave_one_out_fusion(raw, starts[a:b] - bounds[a])
+        r = readout(fused, table.iloc[idx], geometry, cal, n_rows)
+        sc.iloc[idx] = r["sc"]
+        a = b
+    return sc
+
+
+def run_mle(
+    table: pd.DataFrame,
+    stack_path: str | Path,
+    geometry: Geometry,
+    cal: Calibration,
+    camera: Any,
+    cfg: Any,
+    chunk_size: int,
+) -> pd.DataFrame:
+    """The maximum-likelihood readout (:func:`srsmlm.readout.mle_readout`), chunk by chunk."""
+    from .readout import mle_readout
+    from .stack import Stack
+
+    with Stack(stack_path) as stack:
+        parts = [
+            mle_readout(stack, table.iloc[sl], geometry, cal, camera, cfg)
+            for sl in _chunks(len(table), chunk_size)
+        ]
+    return pd.concat(parts) if parts else pd.DataFrame(index=table.index)
+
+
+def molecules(
+    spectra: pd.DataFrame,
+    stack_path: str | Path,
+    geometry: Geometry,
+    cal: Calibration,
+    camera: Any,
+    cfg: Any,
+    chunk_size: int,
+    n_dyes: int | None,
+    seed: int,
+) -> pd.DataFrame:
+    """Per-molecule spectra (:func:`srsmlm.readout.molecule_table`), joint fits whole runs at a
+    time, and a Gaussian-mixture dye class per molecule."""
+    from .readout import joint_fits, molecule_groups, molecule_table
+    from .stack import Stack
+
+    trusted = molecule_groups(spectra)
+    clusters = trusted["cluster"].to_numpy()
+    starts = np.r_[np.flatnonzero(np.r_[True, clusters[1:] != clusters[:-1]]), len(trusted)]
+    parts = []
+    with Stack(stack_path) as stack:
+        a = 0
+        while a < len(starts) - 1:
+            b = max(a + 1, int(np.searchsorted(starts, starts[a] + chunk_size, side="right")) - 1)
+            parts.append(
+                joint_fits(stack, trusted.iloc[starts[a] : starts[b]], geometry, camera, cfg)
+            )
+            a = b
+    joint = pd.concat(parts) if parts else None
+    out = molecule_table(spectra, joint, geometry, cal, cfg)
+    cls, prob, _ = classify_dyes(out["sc_nm"].to_numpy(), n_dyes, seed)
+    return out.assign(dye=cls, dye_probability=prob)
+
+
 def spectra_stage(
     denoised_table: str | Path,
     raw_tif: str | Path,
     denoised_tif: str | Path,
     clusters_csv: str | Path,
+    stack_path: str | Path,
     geometry: Geometry,
     section: dict[str, Any],
+    camera: dict[str, Any],
     seed: int,
     spectra_csv: str | Path,
     precision_csv: str | Path,
+    molecules_csv: str | Path,
+    threads: int = 1,
 ) -> dict[str, Any]:
-    """Spectra from raw, denoised and (for localizations in runs) leave-one-out fused patches."""
-    import tifffile
+    """Spectra of every denoised localization: centroid and least-squares fit of the raw and
+    denoised patches, the leave-one-out SF-fused centroid (runs), the maximum-likelihood readout
+    on raw counts with its CRLB and flag, dye classes, spectral precision, and one row per
+    molecule (run). Streams ``spectra.chunk_size`` localizations at a time."""
+    import numba
 
-    from .fusion import leave_one_out_fusion
     from .io import write_csv
+    from .mle import Camera
+    from .readout import MLE_COLUMNS, ReadoutConfig, crowded
 
+    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
     table = pd.read_csv(denoised_table)
-    raw = tifffile.imread(raw_tif).reshape(-1, *geometry.shape)
-    den = tifffile.imread(denoised_tif).reshape(-1, *geometry.shape)
-    if not (len(table) == len(raw) == len(den)):
-        raise InputError(
-            denoised_table, "patch table and TIFFs differ in length", "rerun denoise_acquisition"
-        )
+    for path in (raw_tif, denoised_tif):
+        n_pages = _page_count(path, geometry)
+        if n_pages != len(table):
+            raise InputError(
+                path, f"{n_pages} patches for {len(table)} table rows", "rerun denoise_acquisition"
+            )
     cal = calibration_from_config(section, geometry)
-    n_rows = int(section["profile_rows"])
+    cfg = ReadoutConfig.from_config(section, cal)
+    cam = Camera.from_config(camera)
+    n_rows, chunk = int(section["profile_rows"]), int(section["chunk_size"])
     clusters = pd.read_csv(clusters_csv, usecols=["localization_index", "cluster"])
     table = table.merge(clusters, on="localization_index", how="left")
     table["cluster"] = table["cluster"].fillna(-1).astype(np.int64)
     out = table[["localization_index", "frame", "x", "y", "signal", "cluster"]].copy()
-    for name, patches in (("raw", raw), ("denoised", den)):
-        r = readout(patches, table, geometry, cal, n_rows)
-        out[f"sc_{name}_nm"] = r["sc"]
-        out[f"fit_{name}_centre_nm"] = r["fit_centre"]
-        out[f"fit_{name}_width_nm"] = r["fit_width"]
-        out[f"fit_{name}_amplitude"] = r["fit_amplitude"]
-        out[f"sum_{name}"] = r["sum"]
+    paths = {"raw": raw_tif, "denoised": denoised_tif}
+    out = out.join(patch_readouts(table, paths, geometry, cal, n_rows, chunk))
     out["photons_proxy_adu"] = out["sum_raw"] * NORMALISATION
-    # SF-fused estimate for localizations in runs (leave-one-out over the other frames)
-    out["sc_fused_nm"] = np.nan
-    in_run = np.flatnonzero(table["cluster"].to_numpy() >= 0)
-    if len(in_run):
-        order = in_run[
-            np.lexsort((table["frame"].to_numpy()[in_run], table["cluster"].to_numpy()[in_run]))
-        ]
-        runs = table["cluster"].to_numpy()[order]
-        starts = np.flatnonzero(np.r_[True, runs[1:] != runs[:-1]])
-        fused, _ = leave_one_out_fusion(raw[order], starts)
-        r = readout(fused, table.iloc[order], geometry, cal, n_rows)
-        out.loc[out.index[order], "sc_fused_nm"] = r["sc"]
-    for name in ("raw", "denoised"):
+    out["sc_fused_nm"] = fused_readout(table, raw_tif, geometry, cal, n_rows, chunk)
+    table["crowded"] = crowded(
+        table["frame"].to_numpy(),
+        table["x"].to_numpy(),
+        table["y"].to_numpy(),
+        cfg.crowding_rows_px,
+        geometry.spectral_width + 2 * cfg.margin_px,
+    )
+    mle = run_mle(table, stack_path, geometry, cal, cam, cfg, chunk)
+    out = out.join(mle[list(MLE_COLUMNS)])
+    for name in ("raw", "denoised", "mle"):
         cls, prob, k = classify_dyes(out[f"sc_{name}_nm"].to_numpy(), section.get("n_dyes"), seed)
         out[f"dye_{name}"] = cls
         out[f"dye_{name}_probability"] = prob
+    mols = molecules(
+        out.join(mle[["mle_centre_px", "mle_box_row0", "mle_box_col0"]]),
+        stack_path,
+        geometry,
+        cal,
+        cam,
+        cfg,
+        chunk,
+        section.get("n_dyes"),
+        seed,
+    )
     precision = precision_by_signal(
         out,
         {
@@ -326,22 +469,40 @@ def spectra_stage(
             "fit_raw_std_nm": "fit_raw_centre_nm",
             "fit_denoised_std_nm": "fit_denoised_centre_nm",
             "sc_fused_std_nm": "sc_fused_nm",
+            "sc_mle_std_nm": "sc_mle_nm",
         },
         int(section["signal_bins"]),
     )
     write_csv(out, spectra_csv)
     write_csv(precision, precision_csv)
+    write_csv(mols, molecules_csv)
+    flags = out["sc_mle_flag"].fillna("").replace("", "trusted").value_counts()
     summary = {
         "localizations": len(out),
+        "molecules": len(mols),
         "calibration": cal.__dict__,
-        "median_sc_raw_nm": float(np.nanmedian(out["sc_raw_nm"])) if len(out) else None,
-        "median_sc_denoised_nm": float(np.nanmedian(out["sc_denoised_nm"])) if len(out) else None,
+        "mle_flags": {k: int(v) for k, v in flags.items()},
+        "median_sc_mle_crlb_nm": float(np.nanmedian(out["sc_mle_crlb_nm"])) if len(out) else None,
     }
     log.info(
-        "spectra of %d localizations; calibration %.4f nm/px, %.2f nm at the offset; precision:\n%s",
+        "spectra of %d localizations (%d molecules); calibration %.4f nm/px, %.2f nm at the "
+        "offset; MLE flags %s; median CRLB %.2f nm; precision:\n%s",
         len(out),
+        len(mols),
         cal.nm_per_px,
         cal.wavelength_at_offset_nm,
+        summary["mle_flags"],
+        summary["median_sc_mle_crlb_nm"] or float("nan"),
         precision.to_string(),
     )
     return summary
+
+
+def _page_count(path: str | Path, geometry: Geometry) -> int:
+    """Number of patches in a patch TIFF (pages of one patch, or one contiguous series)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        shape = tif.series[0].shape if tif.series else (0,)
+    n = int(np.prod(shape)) // int(np.prod(geometry.shape)) if len(shape) else 0
+    return n

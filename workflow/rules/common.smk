@@ -73,6 +73,7 @@ def simulation_params(wildcards):
     """The simulation section for one simulated acquisition (its own photon budget only)."""
     sim = {k: v for k, v in config["simulation"].items() if k != "acquisitions"}
     sim["mean_photons"] = config["simulation"]["acquisitions"][wildcards.sim]
+    sim["camera"] = config["camera"]  # the readout's camera is the simulator's
     return sim
 
 

@@ -10,6 +10,8 @@ rule plot_report:
         ),
         truth=[truth_table(a) for a in EVALUATED],
         metrics=evaluation_metrics(),
+        raw=expand("results/{acquisition}/denoised/raw.tif", acquisition=APPLY),
+        molecules=expand("results/{acquisition}/molecules.csv", acquisition=APPLY),
     output:
         montage=report(
             "results/report/montage.png",
@@ -41,6 +43,26 @@ rule plot_report:
             category="5. Evaluation",
             caption="../report/evaluation.rst",
         ),
+        mle_error=report(
+            "results/report/mle_error_vs_crlb.png",
+            category="6. MLE readout",
+            caption="../report/mle_error_vs_crlb.rst",
+        ),
+        mle_efficiency=report(
+            "results/report/mle_efficiency.png",
+            category="6. MLE readout",
+            caption="../report/mle_efficiency.rst",
+        ),
+        flagged=report(
+            "results/report/flagged_examples.png",
+            category="6. MLE readout",
+            caption="../report/flagged_examples.rst",
+        ),
+        molecules=report(
+            "results/report/molecules.png",
+            category="6. MLE readout",
+            caption="../report/molecules.rst",
+        ),
         summary="results/report/summary.json",
     log:
         "logs/plot_report.log",
@@ -53,5 +75,8 @@ rule plot_report:
         mem_mb=4000,
     params:
         render=config["report"],
+        evaluated=EVALUATED,
+        seed=config["seed"],
+        signal_bins=config["spectra"]["signal_bins"],
     script:
         "../../scripts/plot_report.py"

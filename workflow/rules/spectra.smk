@@ -4,21 +4,24 @@ rule spectra:
         raw="results/{acquisition}/denoised/raw.tif",
         denoised="results/{acquisition}/denoised/denoised.tif",
         clusters="results/{acquisition}/clusters.csv",
+        stack=raw_stack,
     output:
         spectra="results/{acquisition}/spectra.csv",
         precision="results/{acquisition}/spectral_precision.csv",
+        molecules="results/{acquisition}/molecules.csv",
     log:
         "logs/{acquisition}/spectra.log",
     benchmark:
         "benchmarks/{acquisition}/spectra.tsv"
     conda:
         "../../envs/cpu.yaml"
-    threads: 1
+    threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=2000,
     params:
         geometry=config["geometry"],
         spectra=config["spectra"],
+        camera=config["camera"],
         seed=config["seed"],
     script:
         "../../scripts/spectra.py"
@@ -27,6 +30,7 @@ rule spectra:
 rule evaluate:
     input:
         spectra=expand("results/{acquisition}/spectra.csv", acquisition=EVALUATED),
+        molecules=expand("results/{acquisition}/molecules.csv", acquisition=EVALUATED),
         truth=[truth_table(a) for a in EVALUATED],
     output:
         metrics="results/evaluation/metrics.json",

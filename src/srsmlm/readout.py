@@ -1,0 +1,325 @@
+"""Maximum-likelihood spectral readout of localizations on raw camera counts, quality flags and
+per-molecule spectra (the model and the fit are in :mod:`srsmlm.mle`).
+
+Coordinates: frame pixel column c spans x in [c, c+1). A readout box is the localization's
+spectral box widened by ``readout_margin_px`` on each side (moved inward where the frame ends);
+a fitted centre ``l0`` (box px) lies at frame x ``col0 + l0`` and its wavelength follows the
+linear calibration from its distance to the localization's x.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import chdtrc
+
+from .geometry import Geometry
+from .mle import FLAGS, Camera, FitSettings, fit_boxes, starts_from_data
+from .spectra import Calibration
+from .stack import Stack
+
+log = logging.getLogger(__name__)
+
+#: columns added to spectra.csv by the readout (units in the names; flag empty = trusted)
+MLE_COLUMNS = (
+    "sc_mle_nm",
+    "sc_mle_crlb_nm",
+    "sc_mle_width_nm",
+    "spectral_photons",
+    "background_photons",
+    "sc_mle_flag",
+)
+
+
+@dataclass(frozen=True)
+class ReadoutConfig:
+    """The ``spectra:`` keys of the maximum-likelihood readout, converted to px."""
+
+    margin_px: int
+    rows: int
+    settings: FitSettings
+    s_start: float
+    min_fit_p: float
+    max_crlb_nm: float
+    edge_sd: float
+    max_row_shift_px: float
+    crowding_rows_px: float
+    molecule_estimate: str
+    nm_per_px: float
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any], cal: Calibration) -> ReadoutConfig:
+        d = abs(cal.nm_per_px)
+        fixed = section.get("width_nm")
+        lo, hi = section["width_bounds_nm"]
+        return cls(
+            margin_px=int(section["readout_margin_px"]),
+            rows=int(section["readout_rows"]),
+            settings=FitSettings(
+                sigma_y=float(section["psf_sigma_px"]),
+                s_bounds=(lo / d, hi / d),
+                fixed_s=None if fixed is None else float(fixed) / d,
+                max_iterations=int(section["mle_max_iterations"]),
+            ),
+            s_start=float(section["width_start_nm"]) / d,
+            min_fit_p=float(section["min_fit_p"]),
+            max_crlb_nm=float(section["max_crlb_nm"]),
+            edge_sd=float(section["edge_sd"]),
+            max_row_shift_px=float(section["max_row_shift_px"]),
+            crowding_rows_px=float(section["crowding_rows_px"]),
+            molecule_estimate=str(section["molecule_estimate"]),
+            nm_per_px=d,
+        )
+
+
+def readout_boxes(
+    table: pd.DataFrame, g: Geometry, cfg: ReadoutConfig, frame_shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Top-left corner (row0, col0) and width of each localization's readout box: ``cfg.rows``
+    rows centred on the localization's y, and the columns of its spectral box (``spec_col0``)
+    widened by ``cfg.margin_px`` on each side; moved inward to stay in the frame."""
+    width = g.spectral_width + 2 * cfg.margin_px
+    if width > frame_shape[1] or cfg.rows > frame_shape[0]:
+        raise ValueError(
+            f"readout box of {cfg.rows} x {width} px does not fit the {frame_shape} frame"
+        )
+    col0 = np.clip(table["spec_col0"].to_numpy(np.int64) - cfg.margin_px, 0, frame_shape[1] - width)
+    row0 = np.floor(table["y"].to_numpy()).astype(np.int64) - cfg.rows // 2
+    return np.clip(row0, 0, frame_shape[0] - cfg.rows), col0, width
+
+
+def crowded(
+    frame: np.ndarray, x: np.ndarray, y: np.ndarray, rows_px: float, cols_px: float
+) -> np.ndarray:
+    """Localizations with another one in the same frame closer than ``rows_px`` in y and
+    ``cols_px`` in x (px): their spectra overlap. Vectorised over neighbours in (frame, y)
+    order."""
+    frame, x, y = np.asarray(frame), np.asarray(x, float), np.asarray(y, float)
+    order = np.lexsort((y, frame))
+    f, xs, ys = frame[order], x[order], y[order]
+    hit = np.zeros(len(f), dtype=bool)
+    for k in range(1, len(f)):
+        near = (f[k:] == f[:-k]) & (ys[k:] - ys[:-k] < rows_px)
+        if not near.any():
+            break
+        pair = near & (np.abs(xs[k:] - xs[:-k]) < cols_px)
+        hit[k:] |= pair
+        hit[:-k] |= pair
+    out = np.zeros(len(f), dtype=bool)
+    out[order] = hit
+    return out
+
+
+def flag_fits(
+    fit: dict[str, np.ndarray],
+    width: int,
+    y_expected: np.ndarray,
+    is_crowded: np.ndarray,
+    cfg: ReadoutConfig,
+) -> np.ndarray:
+    """One reason per fit not to trust it (first that applies, in the order of ``FLAGS``), or
+    "" when trusted: ``not_converged``; ``truncated``: centre within ``edge_sd`` widths of the
+    box edge (or outside); ``crowded``: another localization's spectrum overlaps the box;
+    ``bad_fit``: deviance test p < ``min_fit_p``, or (for spectra not ``dim``, bright enough to
+    place their row) the spectrum's row centre more than ``max_row_shift_px`` from the
+    localization's (overlapping emitters, a wrong model);
+    ``dim``: CRLB above ``max_crlb_nm``. ``fit`` as returned by :func:`fit_boxes`."""
+    l0, s = fit["l0"], fit["s"]
+    crlb_nm = np.sqrt(fit["var_l0"]) * cfg.nm_per_px
+    dim = ~(crlb_nm <= cfg.max_crlb_nm)
+    shifted = ~(np.abs(fit["y0"] - y_expected) <= cfg.max_row_shift_px)
+    tests = [
+        ~fit["converged"] | ~np.isfinite(l0) | ~np.isfinite(crlb_nm),
+        (l0 - cfg.edge_sd * s < 0) | (l0 + cfg.edge_sd * s > width),
+        np.asarray(is_crowded, dtype=bool),
+        ~(fit["p_fit"] >= cfg.min_fit_p) | (shifted & ~dim),
+        dim,
+    ]
+    flag = np.full(len(l0), "", dtype=object)
+    for name, bad in zip(reversed(FLAGS), reversed(tests), strict=True):
+        flag[bad] = name
+    return flag
+
+
+def _fit_with_second_start(
+    x: np.ndarray, y0: np.ndarray, width: int, cfg: ReadoutConfig, camera: Camera
+) -> dict[str, np.ndarray]:
+    """Fit from the profile's centroid; boxes whose fit fails a check are fitted again from the
+    smoothed profile's maximum, and the better likelihood is kept."""
+    first, second, local = starts_from_data(x, y0, cfg.settings, cfg.s_start)
+    fit = fit_boxes(x, first, local, cfg.settings, camera)
+    flag = flag_fits(fit, width, y0, np.zeros(len(x), dtype=bool), cfg)
+    retry = np.flatnonzero(np.isin(flag, ("not_converged", "truncated", "bad_fit")))
+    if len(retry):
+        again = fit_boxes(x[retry], second[retry], local[retry], cfg.settings, camera)
+        better = retry[(again["loglik"] > fit["loglik"][retry]) | ~fit["converged"][retry]]
+        take = np.isin(retry, better)
+        for key, values in again.items():
+            fit[key][better] = values[take]
+    return fit
+
+
+def mle_readout(
+    stack: Stack,
+    table: pd.DataFrame,
+    g: Geometry,
+    cal: Calibration,
+    camera: Camera,
+    cfg: ReadoutConfig,
+) -> pd.DataFrame:
+    """Maximum-likelihood readout of the localizations in ``table`` (columns ``frame``, ``x``,
+    ``y``, ``spec_col0``, ``crowded``) from the raw stack. Returns the ``MLE_COLUMNS`` plus
+    ``mle_centre_px`` (frame x of the centre), ``mle_box_row0``, ``mle_box_col0``,
+    ``mle_p_fit``."""
+    row0, col0, width = readout_boxes(table, g, cfg, stack.frame_shape)
+    (boxes,) = stack.gather(table["frame"].to_numpy(), [(row0, col0, cfg.rows, width)])
+    x = camera.photons(boxes)
+    y_expected = table["y"].to_numpy() - row0
+    fit = _fit_with_second_start(x, y_expected, width, cfg, camera)
+    crlb_nm = np.sqrt(fit["var_l0"]) * cfg.nm_per_px
+    centre = col0 + fit["l0"]
+    out = pd.DataFrame(
+        {
+            "sc_mle_nm": cal.wavelength(centre - table["x"].to_numpy(), g.spectral_offset),
+            "sc_mle_crlb_nm": crlb_nm,
+            "sc_mle_width_nm": fit["s"] * cfg.nm_per_px,
+            "spectral_photons": fit["N"],
+            "background_photons": fit["b"],
+            "sc_mle_flag": flag_fits(fit, width, y_expected, table["crowded"].to_numpy(), cfg),
+            "mle_centre_px": centre,
+            "mle_box_row0": row0,
+            "mle_box_col0": col0,
+            "mle_p_fit": fit["p_fit"],
+        },
+        index=table.index,
+    )
+    out.loc[out["sc_mle_flag"] == "not_converged", ["sc_mle_nm", "sc_mle_crlb_nm"]] = np.nan
+    return out
+
+
+#: single-frame flags that do not keep a frame out of its molecule's estimate: a frame too dim
+#: to trust alone still carries its share of the run's information
+MOLECULE_FLAGS = ("", "dim")
+
+
+def usable_for_molecule(spectra: pd.DataFrame) -> pd.Series:
+    """Localizations in runs whose frame enters the molecule's estimate (``MOLECULE_FLAGS``)."""
+    return (spectra["cluster"] >= 0) & spectra["sc_mle_flag"].fillna("").isin(MOLECULE_FLAGS)
+
+
+def molecule_groups(spectra: pd.DataFrame) -> pd.DataFrame:
+    """The localizations of runs usable for the molecule's estimate, sorted by run and frame,
+    with the run's first box column as the reference of its joint fit."""
+    trusted = spectra[usable_for_molecule(spectra)]
+    trusted = trusted.sort_values(["cluster", "frame"], kind="stable")
+    ref = trusted.groupby("cluster")["mle_box_col0"].transform("first")
+    return trusted.assign(mle_offset=trusted["mle_box_col0"] - ref, mle_ref_col0=ref)
+
+
+def joint_fits(
+    stack: Stack,
+    trusted: pd.DataFrame,
+    g: Geometry,
+    camera: Camera,
+    cfg: ReadoutConfig,
+) -> pd.DataFrame:
+    """Joint fit of each run's trusted frames (shared centre and width, own N, y0, b), started
+    from the inverse-variance mean of the frames' fits. Returns per cluster ``centre_px`` (frame
+    x), ``var_px2`` (CRLB of the shared centre), ``p_fit``, ``converged``."""
+    width = g.spectral_width + 2 * cfg.margin_px
+    col0 = trusted["mle_box_col0"].to_numpy(np.int64)
+    row0 = trusted["mle_box_row0"].to_numpy(np.int64)
+    (boxes,) = stack.gather(trusted["frame"].to_numpy(), [(row0, col0, cfg.rows, width)])
+    x = camera.photons(boxes)
+    clusters = trusted["cluster"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, clusters[1:] != clusters[:-1]])
+    groups = np.r_[starts, len(trusted)]
+    w = 1.0 / (trusted["sc_mle_crlb_nm"].to_numpy() / cfg.nm_per_px) ** 2
+    ref = trusted["mle_ref_col0"].to_numpy()
+    l0 = trusted["mle_centre_px"].to_numpy() - ref
+    s = trusted["sc_mle_width_nm"].to_numpy() / cfg.nm_per_px
+    shared = (
+        np.column_stack([np.add.reduceat(w * l0, starts), np.add.reduceat(w * s, starts)])
+        / np.add.reduceat(w, starts)[:, None]
+    )
+    local = np.column_stack(
+        [
+            trusted["spectral_photons"].to_numpy(),
+            trusted["y"].to_numpy() - row0,
+            trusted["background_photons"].to_numpy(),
+        ]
+    )
+    fit = fit_boxes(
+        x,
+        shared,
+        local,
+        cfg.settings,
+        camera,
+        groups=groups,
+        offsets=trusted["mle_offset"].to_numpy(np.float64),
+    )
+    return pd.DataFrame(
+        {
+            "centre_px": ref[starts] + fit["l0"],
+            "var_px2": fit["var_l0"],
+            "p_fit": fit["p_fit"],
+            "converged": fit["converged"],
+        },
+        index=pd.Index(clusters[starts], name="cluster"),
+    )
+
+
+def molecule_table(
+    spectra: pd.DataFrame,
+    joint: pd.DataFrame | None,
+    g: Geometry,
+    cal: Calibration,
+    cfg: ReadoutConfig,
+) -> pd.DataFrame:
+    """One row per run of ``spectra`` (``cluster`` >= 0): frames, position, the molecule's
+    spectral centre ``sc_nm`` and its error ``sc_err_nm`` (joint fit or inverse-variance mean of
+    the usable frames, trusted or only ``dim``: ``cfg.molecule_estimate``), both estimates, and
+    ``consistency_p``: the chi-square tail of those frames about the molecule's value (low: the
+    run mixes molecules or has outliers)."""
+    runs = spectra[spectra["cluster"] >= 0]
+    base = runs.groupby("cluster").agg(
+        n_frames=("frame", "size"),
+        first_frame=("frame", "min"),
+        last_frame=("frame", "max"),
+        x=("x", "mean"),
+        y=("y", "mean"),
+    )
+    trusted = runs[usable_for_molecule(runs)]
+    w = 1.0 / trusted["sc_mle_crlb_nm"] ** 2
+    grp = trusted.assign(w=w, wsc=w * trusted["sc_mle_nm"]).groupby("cluster")
+    mean = pd.DataFrame(
+        {
+            "n_used": grp.size(),
+            "sc_mean_nm": grp["wsc"].sum() / grp["w"].sum(),
+            "sc_mean_err_nm": 1.0 / np.sqrt(grp["w"].sum()),
+            "x_trusted": grp["x"].mean(),
+        }
+    )
+    out = base.join(mean)
+    out["n_used"] = out["n_used"].fillna(0).astype(np.int64)
+    out["sc_joint_nm"] = np.nan
+    out["sc_joint_err_nm"] = np.nan
+    if joint is not None and len(joint):
+        j = joint[joint["converged"]]
+        d = j["centre_px"] - out.loc[j.index, "x_trusted"]
+        out.loc[j.index, "sc_joint_nm"] = cal.wavelength(d.to_numpy(), g.spectral_offset)
+        out.loc[j.index, "sc_joint_err_nm"] = np.sqrt(j["var_px2"].to_numpy()) * cfg.nm_per_px
+    key = "joint" if cfg.molecule_estimate == "joint" else "mean"
+    out["sc_nm"] = out[f"sc_{key}_nm"]
+    out["sc_err_nm"] = out[f"sc_{key}_err_nm"]
+    chi = (trusted["sc_mle_nm"] - trusted["cluster"].map(out["sc_nm"])) / trusted["sc_mle_crlb_nm"]
+    chi2 = (chi**2).groupby(trusted["cluster"]).sum()
+    dof = out["n_used"] - 1
+    out["consistency_p"] = np.where(
+        dof >= 1, chdtrc(np.maximum(dof, 1), chi2.reindex(out.index).fillna(0.0)), np.nan
+    )
+    return out.drop(columns="x_trusted").reset_index()
