@@ -15,7 +15,6 @@ import argparse
 import resource
 import time
 
-import numba
 import numpy as np
 from scipy.optimize import least_squares
 
@@ -60,9 +59,10 @@ def main() -> None:
     ap.add_argument("--reference", type=int, default=300)
     ap.add_argument("--chunk", type=int, default=8192, help="boxes per call (spectra.chunk_size)")
     args = ap.parse_args()
-    numba.set_num_threads(args.threads)
     camera = Camera("scmos", 2.0, 100.0, 1.6)
-    settings = FitSettings(sigma_y=1.3, s_bounds=(5 / NM_PER_PX, 50 / NM_PER_PX))
+    settings = FitSettings(
+        sigma_y=1.3, s_bounds=(5 / NM_PER_PX, 50 / NM_PER_PX), threads=args.threads
+    )
     rng = np.random.default_rng(0)
     x, shared, local = simulate(64, camera, rng)
     t = time.perf_counter()

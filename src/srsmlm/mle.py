@@ -26,6 +26,7 @@ over groups); the CRLB of l0 is ``[I^-1]_{l0,l0}`` at the fit (Smith et al., Nat
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +101,27 @@ class FitSettings:
     fixed_s: float | None = None
     max_iterations: int = 50
     tolerance: float = 1e-4  # px, on the shared parameters' step
+    threads: int = 1
+
+
+def _in_threads(kernel: Any, groups: np.ndarray, threads: int, *args: Any) -> None:
+    """Run ``kernel(g0, g1, *args)`` over blocks of groups of about equal box counts on
+    ``threads`` threads (the kernels release the GIL and write disjoint outputs)."""
+    n = len(groups) - 1
+    if n <= 0:
+        return
+    parts = max(1, min(int(threads), n))
+    if parts == 1:
+        kernel(0, n, *args)
+        return
+    cuts = np.searchsorted(groups, np.linspace(0, groups[-1], 4 * parts + 1)[1:-1])
+    bounds = np.unique(np.r_[0, np.clip(cuts, 0, n), n])
+    with ThreadPoolExecutor(parts) as pool:
+        jobs = [
+            pool.submit(kernel, a, b, *args) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+        for job in jobs:
+            job.result()
 
 
 # --------------------------------------------------------------------------- kernels (Numba)
@@ -346,11 +368,28 @@ def _fit_group(
     return ll, max_iter, False
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, nogil=True)
 def _fit_groups(
-    data, starts, shared, off, local, bounds, sy, gamma, ef, fix_s, max_iter, tol, ll, iters, conv
+    g0,
+    g1,
+    data,
+    starts,
+    shared,
+    off,
+    local,
+    bounds,
+    sy,
+    gamma,
+    ef,
+    fix_s,
+    max_iter,
+    tol,
+    ll,
+    iters,
+    conv,
 ):  # pragma: no cover - compiled
-    for g in numba.prange(len(starts) - 1):
+    """Fit groups g0..g1-1 (one thread's share; released GIL)."""
+    for g in range(g0, g1):
         a, b = starts[g], starts[g + 1]
         res = _fit_group(
             data[a:b], shared[g], off[a:b], local[a:b], bounds, sy, gamma, ef, fix_s, max_iter, tol
@@ -376,13 +415,14 @@ def _box_deviance(x, shared, off, local, sy, gamma, ef, scratch):  # pragma: no 
     return 2.0 * d
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, nogil=True)
 def _information(
-    data, starts, shared, off, local, sy, gamma, ef, fix_s, var, dev
+    g0, g1, data, starts, shared, off, local, sy, gamma, ef, fix_s, var, dev
 ):  # pragma: no cover
-    """Per group at the fit: CRLB of the shared parameters (l0, s) (px^2) and the deviance."""
+    """Groups g0..g1-1 at the fit: CRLB of the shared parameters (l0, s) (px^2) and the
+    deviance."""
     _, h, w = data.shape
-    for g in numba.prange(len(starts) - 1):
+    for g in range(g0, g1):
         a, b = starts[g], starts[g + 1]
         k = b - a
         scratch = np.empty((7, max(h, w, 5)))
@@ -511,7 +551,10 @@ def fit_boxes(
     iters = np.zeros(n_groups, dtype=np.int64)
     conv = np.zeros(n_groups, dtype=np.bool_)
     ef, gamma = camera.excess_factor, camera.gamma
-    _fit_groups(
+    _in_threads(
+        _fit_groups,
+        groups,
+        settings.threads,
         data,
         groups,
         shared,
@@ -530,7 +573,22 @@ def fit_boxes(
     )
     var = np.empty((n_groups, 2))
     dev = np.empty(n_groups)
-    _information(data, groups, shared, off, local, settings.sigma_y, gamma, ef, fix_s, var, dev)
+    _in_threads(
+        _information,
+        groups,
+        settings.threads,
+        data,
+        groups,
+        shared,
+        off,
+        local,
+        settings.sigma_y,
+        gamma,
+        ef,
+        fix_s,
+        var,
+        dev,
+    )
     sizes = np.diff(groups)
     dof = sizes * h * w - (sizes * 3 + (1 if fix_s else 2))
     return {
@@ -565,7 +623,10 @@ def crlb(
     dev = np.empty(k)
     groups = np.arange(k + 1, dtype=np.int64)
     sh = np.ascontiguousarray(np.broadcast_to(np.atleast_2d(shared), (k, 2)), dtype=np.float64)
-    _information(
+    _in_threads(
+        _information,
+        groups,
+        settings.threads,
         data,
         groups,
         sh,

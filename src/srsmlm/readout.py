@@ -52,7 +52,9 @@ class ReadoutConfig:
     nm_per_px: float
 
     @classmethod
-    def from_config(cls, section: dict[str, Any], cal: Calibration) -> ReadoutConfig:
+    def from_config(
+        cls, section: dict[str, Any], cal: Calibration, threads: int = 1
+    ) -> ReadoutConfig:
         d = abs(cal.nm_per_px)
         fixed = section.get("width_nm")
         lo, hi = section["width_bounds_nm"]
@@ -64,6 +66,7 @@ class ReadoutConfig:
                 s_bounds=(lo / d, hi / d),
                 fixed_s=None if fixed is None else float(fixed) / d,
                 max_iterations=int(section["mle_max_iterations"]),
+                threads=threads,
             ),
             s_start=float(section["width_start_nm"]) / d,
             min_fit_p=float(section["min_fit_p"]),
