@@ -1,20 +1,7 @@
 """Snakemake adapter: report figures and summary (srsmlm.plots)."""
 
 from srsmlm.logs import run_step
-from srsmlm.plots import report_stage
-
-FIGURES = (
-    "montage",
-    "loss",
-    "histograms",
-    "precision",
-    "rendering",
-    "evaluation",
-    "mle_error",
-    "mle_efficiency",
-    "flagged",
-    "molecules",
-)
+from srsmlm.plots import REPORT_FIGURES, report_stage
 
 inp, out, params = snakemake.input, snakemake.output, snakemake.params
 run_step(
@@ -28,7 +15,7 @@ run_step(
     precision_csvs=list(inp.precision),
     truth_csvs=dict(zip(params.evaluated, inp.truth, strict=True)),
     metrics_json=inp.metrics[0] if inp.metrics else None,
-    out={k: out[k] for k in FIGURES},
+    out={k: out[k] for k in REPORT_FIGURES},
     summary_json=out.summary,
     render_zoom=params.render["render_zoom"],
     render_sigma_px=params.render["render_sigma_px"],

@@ -8,6 +8,7 @@ import pytest
 import tifffile
 
 from srsmlm.plots import (
+    REPORT_FIGURES,
     _evaluation_rows,
     _mle_caption,
     choose_examples,
@@ -26,18 +27,7 @@ from srsmlm.plots import (
 )
 
 PNG = b"\x89PNG\r\n\x1a\n"
-FIGURES = (
-    "montage",
-    "loss",
-    "histograms",
-    "precision",
-    "rendering",
-    "evaluation",
-    "mle_error",
-    "mle_efficiency",
-    "flagged",
-    "molecules",
-)
+FIGURES = REPORT_FIGURES
 DYES_NM = np.array([585.0, 610.0, 635.0])
 
 

@@ -550,45 +550,15 @@ def fit_boxes(
     ll = np.empty(n_groups)
     iters = np.zeros(n_groups, dtype=np.int64)
     conv = np.zeros(n_groups, dtype=np.bool_)
-    ef, gamma = camera.excess_factor, camera.gamma
+    boxes = (data, groups, shared, off, local)
+    noise = (camera.gamma, camera.excess_factor, fix_s)
+    sy, limits = settings.sigma_y, (settings.max_iterations, settings.tolerance)
     _in_threads(
-        _fit_groups,
-        groups,
-        settings.threads,
-        data,
-        groups,
-        shared,
-        off,
-        local,
-        bounds,
-        settings.sigma_y,
-        gamma,
-        ef,
-        fix_s,
-        settings.max_iterations,
-        settings.tolerance,
-        ll,
-        iters,
-        conv,
+        _fit_groups, groups, settings.threads, *boxes, bounds, sy, *noise, *limits, ll, iters, conv
     )
     var = np.empty((n_groups, 2))
     dev = np.empty(n_groups)
-    _in_threads(
-        _information,
-        groups,
-        settings.threads,
-        data,
-        groups,
-        shared,
-        off,
-        local,
-        settings.sigma_y,
-        gamma,
-        ef,
-        fix_s,
-        var,
-        dev,
-    )
+    _in_threads(_information, groups, settings.threads, *boxes, sy, *noise, var, dev)
     sizes = np.diff(groups)
     dof = sizes * h * w - (sizes * 3 + (1 if fix_s else 2))
     return {

@@ -42,6 +42,19 @@ SPECTRA_COLUMNS = (
     "sc_mle_flag",
 )
 TRUTH_COLUMNS = ("frame", "loc_x", "loc_y", "detected", "sc_true_nm", "dye")
+#: the report's figures: keys of ``report_stage``'s ``out`` and of rule plot_report's outputs
+REPORT_FIGURES = (
+    "montage",
+    "loss",
+    "histograms",
+    "precision",
+    "rendering",
+    "evaluation",
+    "mle_error",
+    "mle_efficiency",
+    "flagged",
+    "molecules",
+)
 MOLECULE_COLUMNS = ("cluster", "n_frames", "n_used", "sc_nm", "sc_err_nm", "dye")
 #: reasons the maximum-likelihood readout gives for not trusting a spectral centre
 MLE_FLAGS = ("not_converged", "truncated", "bad_fit", "dim")
