@@ -141,5 +141,5 @@ def test_table_truncated_mid_line_stops_filtering_with_one_line(user_data):
     text = table.read_text()
     table.write_text(text[: len(text) - 40])  # cut inside the last row
     _fails_with(
-        user_data, "results/mine/localizations.csv", "data/fit.results.xls", "truncated file"
+        user_data, "results/mine/localizations.csv", "data/fit.results.xls", "file looks truncated"
     )

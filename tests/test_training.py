@@ -9,7 +9,14 @@ from srsmlm.geometry import Geometry
 
 keras = pytest.importorskip("keras")
 from srsmlm.model import ModelConfig  # noqa: E402
-from srsmlm.training import TrainingConfig, epoch_order, make_dataset, train  # noqa: E402
+from srsmlm.training import (  # noqa: E402
+    TrainingConfig,
+    completed_epochs,
+    epoch_order,
+    make_dataset,
+    read_backup,
+    train,
+)
 
 pytestmark = pytest.mark.tf
 
@@ -40,15 +47,18 @@ def tiny_data(tmp_path, n=96):
     return tmp_path / "train.npz", tmp_path / "index.csv"
 
 
-def run(tmp_path, out, epochs=2, callbacks=None, seed=3, patience=10):
+def run(tmp_path, out, epochs=2, callbacks=None, seed=3, patience=10, lr=1e-3):
     npz, index = tiny_data(tmp_path)
     o = tmp_path / out
+    cfg = TrainingConfig(
+        epochs=epochs, batch_size=16, validation_fraction=0.25, patience=patience, learning_rate=lr
+    )
     return train(
         npz,
         index,
         G,
         TINY,
-        TrainingConfig(epochs=epochs, batch_size=16, validation_fraction=0.25, patience=patience),
+        cfg,
         {"input_divisor": 65536},
         seed,
         o / "unet.keras",
@@ -111,6 +121,43 @@ def test_resume_after_interruption_continues_epoch_count(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(w_r, w_u, strict=True))
 
 
+def weights(path):
+    return keras.models.load_model(path).get_weights()
+
+
+def test_backup_is_one_committed_state_per_epoch(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "k", epochs=3, callbacks=[Interrupt(2)])
+    ckpt = tmp_path / "k" / "checkpoint"
+    assert completed_epochs(ckpt) == 2
+    assert [f.name for f in (ckpt / "backup").glob("epoch-*.npz")] == ["epoch-2.npz"]
+    backup = read_backup(ckpt)
+    assert backup.epoch == 2 and not backup.stopped and backup.best_weights is not None
+    assert backup.callbacks[0]["wait"] >= 0 and "cooldown_counter" in backup.callbacks[1]
+
+
+def test_killed_after_the_last_commit_finishes_without_training_again(tmp_path):
+    with pytest.raises(KeyboardInterrupt):  # after the last epoch, before the outputs
+        run(tmp_path, "r", epochs=2, callbacks=[Interrupt(2)])
+    meta = run(tmp_path, "r", epochs=2)
+    assert meta["result"]["resumed"] is True and meta["result"]["seconds_this_session"] == 0
+    run(tmp_path, "u", epochs=2)
+    hist = pd.read_csv(tmp_path / "r" / "history.csv")
+    ref = pd.read_csv(tmp_path / "u" / "history.csv")
+    np.testing.assert_array_equal(hist[["loss", "val_loss"]], ref[["loss", "val_loss"]])
+    w_r, w_u = weights(tmp_path / "r" / "unet.keras"), weights(tmp_path / "u" / "unet.keras")
+    assert all(np.array_equal(a, b) for a, b in zip(w_r, w_u, strict=True))
+
+
+def test_a_backup_of_other_settings_is_not_resumed(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "s", epochs=3, callbacks=[Interrupt(1)])
+    meta = run(tmp_path, "s", epochs=3, lr=5e-4)  # changed config: start afresh
+    assert meta["result"]["resumed"] is False and meta["result"]["epochs_run"] == 3
+    hist = pd.read_csv(tmp_path / "s" / "history.csv")
+    assert hist["epoch"].tolist() == [0, 1, 2]
+
+
 def test_epoch_order_is_a_seeded_permutation_per_epoch():
     a = epoch_order(50, 7, 0)
     assert sorted(a) == list(range(50))
@@ -127,6 +174,19 @@ def test_make_dataset_batches_each_epoch_in_its_order():
     np.testing.assert_array_equal(np.concatenate(batches[3:]), epoch_order(10, 5, 2))
     plain = np.concatenate([b[0].numpy()[:, 0] for b in make_dataset(x, x, 4)])
     np.testing.assert_array_equal(plain, np.arange(10))
+
+
+def test_make_dataset_gathers_the_given_rows_without_copying_them():
+    x = np.arange(20, dtype=np.float32)[:, None]
+    rows = np.array([3, 5, 7, 11, 13, 17, 19])
+    batches = [b for b in make_dataset(x, 2 * x, 3, seed=2, epochs=(0, 2), rows=rows)]
+    assert [len(b[0]) for b in batches] == [3, 3, 1, 3, 3, 1]
+    got = np.concatenate([b[0].numpy()[:, 0] for b in batches])
+    want = np.concatenate([rows[epoch_order(7, 2, e)] for e in (0, 1)])
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.concatenate([b[1].numpy()[:, 0] for b in batches]), 2 * want)
+    val = np.concatenate([b[0].numpy()[:, 0] for b in make_dataset(x, x, 4, rows=rows[::-1])])
+    np.testing.assert_array_equal(val, rows[::-1])
 
 
 def test_same_seed_same_weights_on_cpu(tmp_path):

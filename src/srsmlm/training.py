@@ -1,7 +1,17 @@
-"""Training the U-Net: MSE, Adam, tf.data input, early stopping, LR schedule, resumable."""
+"""Training the U-Net: MSE, Adam, tf.data input, early stopping, LR schedule, resumable.
+
+A training killed at any moment resumes, when rerun with the same checkpoint folder, exactly as
+if it had not been interrupted: every finished epoch is committed as one backup (weights,
+optimizer state, the counters of early stopping and of the LR schedule, the best weights), each
+epoch sees its patches in an order that depends only on (seed, epoch), and ``history.csv`` gets
+a row per epoch. The backup is written by a background thread while the next epoch trains, and
+the patches stay in one TensorFlow copy that batches are gathered from inside the graph, so the
+loop runs as fast as a plain ``model.fit`` on in-memory arrays.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -9,7 +19,9 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +41,10 @@ import tensorflow as tf  # noqa: E402
 
 log = logging.getLogger(__name__)
 
+BACKUP = "backup"  # the checkpoint's subfolder holding the last committed epoch
+MARKER = "training_metadata.json"  # its commit point, written last
+LIVE_HISTORY = "history.csv"  # rows of the epochs run so far, in the checkpoint folder
+
 
 @dataclass(frozen=True)
 class TrainingConfig:
@@ -46,6 +62,7 @@ class TrainingConfig:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> TrainingConfig:
+        """The known keys of the config section; missing keys keep their defaults."""
         return cls(**{k: section[k] for k in cls.__dataclass_fields__ if k in section})
 
 
@@ -77,34 +94,39 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def make_dataset(
-    x: np.ndarray,
-    y: np.ndarray,
+    x: np.ndarray | tf.Tensor,
+    y: np.ndarray | tf.Tensor,
     batch_size: int,
     seed: int | None = None,
     epochs: tuple[int, int] | None = None,
-):
+    rows: np.ndarray | None = None,
+) -> tf.data.Dataset:
     """tf.data pipeline of (x, y) batches, prefetched.
 
-    With ``epochs=(first, last)`` the batches of epochs ``first .. last-1`` follow each other,
-    each epoch in its own seeded order (:func:`epoch_order`); fit it with
-    ``steps_per_epoch = ceil(len(x) / batch_size)``. Without, one pass in the stored order
-    (validation). Patches stay in NumPy; only the current batches are copied.
+    ``rows`` (default: all) selects the patches used, in this order. With
+    ``epochs=(first, last)`` the batches of epochs ``first .. last-1`` follow each other, each
+    epoch in its own seeded order of the rows (:func:`epoch_order`); fit it with
+    ``steps_per_epoch = ceil(len(rows) / batch_size)``. Without, one pass in the given order
+    (validation). Pass tensors to share one copy of the patches between datasets: batches are
+    gathered from it inside the graph (no Python per batch, no shuffled copy of the set).
     """
-    n = len(x)
+    rows = np.arange(int(x.shape[0])) if rows is None else np.asarray(rows)
+    index_dtype = np.int32 if int(x.shape[0]) < 2**31 else np.int64
+    n = len(rows)
     if epochs is None:
-        orders = [np.arange(n)]
+        orders = rows[None, :]
     else:
-        orders = [epoch_order(n, int(seed or 0), e) for e in range(*epochs)]
-
-    def batches():
-        for order in orders:
-            for start in range(0, n, batch_size):
-                idx = order[start : start + batch_size]
-                yield x[idx], y[idx]
-
-    spec = tf.TensorSpec((None, *x.shape[1:]), tf.float32)
-    ds = tf.data.Dataset.from_generator(
-        batches, output_signature=(spec, tf.TensorSpec((None, *y.shape[1:]), tf.float32))
+        per_epoch = [rows[epoch_order(n, int(seed or 0), e)] for e in range(*epochs)]
+        orders = np.stack(per_epoch) if per_epoch else np.zeros((0, n), rows.dtype)
+    xt = tf.cast(tf.convert_to_tensor(x), tf.float32)  # no copy when already a float32 tensor
+    yt = tf.cast(tf.convert_to_tensor(y), tf.float32)
+    ds = tf.data.Dataset.from_tensor_slices(orders.astype(index_dtype)).flat_map(
+        lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+    )  # a batch never spans two epochs
+    ds = ds.map(
+        lambda idx: (tf.gather(xt, idx), tf.gather(yt, idx)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
     )
     n_batches = len(orders) * math.ceil(n / batch_size)
     return ds.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(tf.data.AUTOTUNE)
@@ -112,65 +134,158 @@ def make_dataset(
 
 def completed_epochs(checkpoint_dir: str | Path) -> int:
     """Epochs finished by an interrupted training (0 when there is no backup)."""
-    meta = Path(checkpoint_dir) / "backup" / "training_metadata.json"
+    meta = Path(checkpoint_dir) / BACKUP / MARKER
     return int(json.loads(meta.read_text())["epoch"]) if meta.exists() else 0
 
 
-class _CallbackState(keras.callbacks.Callback):
-    """Saves the counters of EarlyStopping and ReduceLROnPlateau (and the best weights) at the
-    end of every epoch and, on resume, restores those of the last backed-up epoch, so a resumed
-    training stops and lowers the learning rate exactly when the uninterrupted one would have.
+@dataclass
+class Backup:
+    """The state committed at the end of an epoch: everything a resumed training needs."""
 
-    Runs before ``BackupAndRestore`` (the commit point of an epoch), so a kill between the two
-    leaves a state one epoch ahead of the backup; that is why states are kept per epoch.
+    epoch: int  # epochs finished
+    stopped: bool  # early stopping ended the training at that epoch
+    weights: list[np.ndarray]
+    optimizer: list[np.ndarray]
+    best_weights: list[np.ndarray] | None
+    callbacks: list[dict[str, float]]  # counters of the tracked callbacks, in their order
+    fingerprint: dict[str, Any]  # the settings it was trained with
+
+    def done(self, epochs: int) -> bool:
+        """Whether the backed-up training had already ended (nothing left to fit)."""
+        return self.stopped or self.epoch >= epochs
+
+
+def read_backup(checkpoint_dir: str | Path) -> Backup | None:
+    """The last committed backup of an interrupted training, or None."""
+    folder = Path(checkpoint_dir) / BACKUP
+    marker = folder / MARKER
+    if not marker.exists():
+        return None
+    meta = json.loads(marker.read_text())
+    with np.load(folder / meta["state"]) as z:
+        arrays = {k: z[k] for k in z.files}
+
+    def part(prefix: str) -> list[np.ndarray]:
+        return [arrays[f"{prefix}{i}"] for i in range(sum(k[0] == prefix for k in arrays))]
+
+    return Backup(
+        epoch=int(meta["epoch"]),
+        stopped=bool(meta["stopped"]),
+        weights=part("w"),
+        optimizer=part("o"),
+        best_weights=part("b") or None,
+        callbacks=meta["callbacks"],
+        fingerprint=meta["fingerprint"],
+    )
+
+
+def _write_backup(folder: Path, backup: Backup) -> None:
+    """Write one epoch's state, then commit it by replacing the marker; drop older states."""
+    name = f"epoch-{backup.epoch}.npz"
+    arrays = {f"w{i}": a for i, a in enumerate(backup.weights)}
+    arrays |= {f"o{i}": a for i, a in enumerate(backup.optimizer)}
+    arrays |= {f"b{i}": a for i, a in enumerate(backup.best_weights or [])}
+    with atomic_path(folder / name) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    meta = {
+        "epoch": backup.epoch,
+        "stopped": backup.stopped,
+        "state": name,
+        "callbacks": backup.callbacks,
+        "fingerprint": backup.fingerprint,
+    }
+    write_json(meta, folder / MARKER)  # the commit point
+    for old in folder.glob("epoch-*.npz"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def _copies(variables: Sequence[keras.Variable]) -> list[np.ndarray]:
+    """Values of variables as NumPy arrays that later training steps cannot change."""
+    return [np.array(keras.ops.convert_to_numpy(v)) for v in variables]  # np.array copies
+
+
+class _EpochCheckpoint(keras.callbacks.Callback):
+    """Commits every finished epoch as one :class:`Backup` and restores the tracked callbacks'
+    counters (early stopping, LR schedule) and best weights from a backup on resume, so a
+    resumed training stops and lowers the learning rate exactly when the uninterrupted one
+    would have.
+
+    The state is copied at the end of the epoch and written by a background thread while the
+    next epoch trains; the marker file is replaced only once the state file is complete, so a
+    kill at any moment leaves the last committed epoch intact. Runs after the tracked callbacks
+    and the epoch's history row, so a kill between the two leaves a row the resume drops.
     """
 
     FIELDS = ("wait", "best", "best_epoch", "cooldown_counter", "stopped_epoch")
 
-    def __init__(self, folder: Path, tracked: list[keras.callbacks.Callback], resume_epoch: int):
+    def __init__(
+        self,
+        folder: Path,
+        tracked: Sequence[keras.callbacks.Callback],
+        resume: Backup | None,
+        fingerprint: dict[str, Any],
+    ):
         super().__init__()
         self.folder = folder
-        self.tracked = tracked
-        self.resume_epoch = resume_epoch
+        self.tracked = list(tracked)
+        self.resume = resume
+        self.fingerprint = fingerprint
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup")
+        self._pending: Future | None = None
 
-    def _paths(self, epoch: int) -> tuple[Path, Path]:
-        return self.folder / f"callbacks-{epoch}.json", self.folder / f"best-weights-{epoch}.npz"
-
-    def on_train_begin(self, logs=None):  # after the tracked callbacks reset themselves
-        if self.resume_epoch == 0:
+    def on_train_begin(self, logs=None) -> None:
+        """After the tracked callbacks reset themselves: put back their state on resume."""
+        if self.resume is None:
             return
-        state_path, weights_path = self._paths(self.resume_epoch - 1)
-        state = json.loads(state_path.read_text())
-        for cb, saved in zip(self.tracked, state, strict=True):
+        for cb, saved in zip(self.tracked, self.resume.callbacks, strict=True):
             for k, v in saved.items():
                 setattr(cb, k, v)
-        if weights_path.exists():
-            with np.load(weights_path) as z:
-                best = [z[f"w{i}"] for i in range(len(z.files))]
-            for cb in self.tracked:
-                if hasattr(cb, "best_weights"):
-                    cb.best_weights = best
+        for cb in self.tracked:
+            if hasattr(cb, "best_weights"):
+                cb.best_weights = self.resume.best_weights
 
-    def on_epoch_end(self, epoch, logs=None):
-        state = [
-            {
-                k: float(getattr(cb, k)) if k == "best" else int(getattr(cb, k))
-                for k in self.FIELDS
-                if hasattr(cb, k)
-            }
-            for cb in self.tracked
-        ]
-        state_path, weights_path = self._paths(epoch)
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        """Snapshot the state (cheap copies) and hand it to the writer thread."""
+        self._wait()  # one backup in flight at most; surfaces a failed write
         best = next(
             (cb.best_weights for cb in self.tracked if getattr(cb, "best_weights", None)), None
         )
-        if best is not None:
-            with atomic_path(weights_path) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, **{f"w{i}": w for i, w in enumerate(best)})
-        with atomic_path(state_path) as tmp:
-            Path(tmp).write_text(json.dumps(state))
-        for old in self._paths(epoch - 2):
-            old.unlink(missing_ok=True)
+        snapshot = Backup(
+            epoch=epoch + 1,
+            stopped=bool(self.model.stop_training),
+            weights=_copies(self.model.weights),
+            optimizer=_copies(self.model.optimizer.variables),
+            best_weights=best,  # replaced, never modified in place, by EarlyStopping
+            callbacks=[
+                {
+                    k: float(getattr(cb, k)) if k == "best" else int(getattr(cb, k))
+                    for k in self.FIELDS
+                    if getattr(cb, k, None) is not None
+                }
+                for cb in self.tracked
+            ],
+            fingerprint=self.fingerprint,
+        )
+        self._pending = self._writer.submit(_write_backup, self.folder, snapshot)
+
+    def on_train_end(self, logs=None) -> None:
+        """The last epoch is committed before training counts as finished."""
+        self._wait()
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        """Finish the backup in flight (also when training was interrupted) and stop the writer."""
+        try:
+            self._wait()
+        except Exception:  # already failing: keep the original error
+            log.exception("could not write the last training backup")
+        finally:
+            self._writer.shutdown(wait=True)
 
 
 class _EpochLog(keras.callbacks.Callback):
@@ -181,59 +296,46 @@ class _EpochLog(keras.callbacks.Callback):
         self.history_csv = history_csv
         self.n_train = n_train
         self.t0 = 0.0
+        self._columns: list[str] | None = None  # those of the file, once known
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch, logs=None) -> None:
+        """Start the epoch's clock."""
         self.t0 = time.perf_counter()
 
-    def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {})
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        """Log the epoch and append its row to the history."""
         dt = time.perf_counter() - self.t0
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row = {
             "epoch": epoch,
-            **{k: float(v) for k, v in logs.items()},
-            "learning_rate": lr,
+            **{k: float(v) for k, v in (logs or {}).items() if k != "lr"},
+            "learning_rate": lr,  # newer Keras also reports it (as "learning_rate" or "lr")
             "seconds": dt,
             "patches_per_s": self.n_train / dt if dt > 0 else float("nan"),
         }
-        row.pop("lr", None)  # newer Keras also reports it as "learning_rate"
         log.info(
             "epoch %d: %s",
             epoch + 1,
             ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"),
         )
-        frame = pd.DataFrame([row])
-        header = not self.history_csv.exists()
-        frame.to_csv(self.history_csv, mode="a", header=header, index=False)
+        new_file = not self.history_csv.exists() or self.history_csv.stat().st_size == 0
+        if self._columns is None:  # a resumed history keeps its columns
+            if new_file:
+                self._columns = list(row)
+            else:
+                with open(self.history_csv, newline="") as fh:
+                    self._columns = next(csv.reader(fh))
+        with open(self.history_csv, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self._columns)  # raises on a new column
+            if new_file:
+                writer.writeheader()
+            writer.writerow(row)
 
 
-def train(
-    train_npz: str | Path,
-    index_csv: str | Path,
-    geometry: Geometry,
-    model_config: ModelConfig,
-    training: TrainingConfig,
-    normalisation: Mapping[str, Any],
-    seed: int,
-    model_path: str | Path,
-    meta_path: str | Path,
-    history_path: str | Path,
-    checkpoint_dir: str | Path,
-    threads: int | None = None,
-    extra_callbacks: list | None = None,
-) -> dict[str, Any]:
-    """Train and save ``unet.keras``, ``model.json`` and ``history.csv``.
-
-    Interrupted training (killed job, pre-emption) resumes from the last finished epoch when
-    rerun with the same ``checkpoint_dir`` (Keras ``BackupAndRestore``); the checkpoint is
-    removed once training completes.
-    """
-    check_geometry(geometry, model_config)
-    device = select_device(threads)
-    keras.utils.set_random_seed(seed)
-    if training.deterministic_ops:
-        # bitwise-reproducible kernels (matters on GPUs; Keras then turns XLA off)
-        tf.config.experimental.enable_op_determinism()
+def load_training_set(
+    train_npz: str | Path, index_csv: str | Path, geometry: Geometry
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The training patches (X raw, Y clean) and the run (acquisition:cluster) of each."""
     with np.load(train_npz) as z:
         x, y = z["X"], z["Y"]
     if x.shape[1:3] != geometry.shape:
@@ -257,6 +359,13 @@ def train(
         raise InputError(
             index_csv, f"{len(groups)} train rows for {len(x)} patches", "rerun build_dataset"
         )
+    return x, y, groups
+
+
+def split_validation(
+    groups: np.ndarray, training: TrainingConfig, seed: int, train_npz: str | Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (fit, validation), split by run so no molecule sits on both sides."""
     fit_idx, val_idx = group_split(groups, training.validation_fraction, seed)
     if len(val_idx) == 0:
         raise InputError(
@@ -271,29 +380,85 @@ def train(
         training.batch_size,
         training.epochs,
     )
+    return fit_idx, val_idx
+
+
+def compiled_model(
+    geometry: Geometry, model_config: ModelConfig, training: TrainingConfig
+) -> keras.Model:
+    """The U-Net with its Adam optimizer (built, so a backup's state can be loaded) and MSE."""
     model = build_unet(geometry, model_config)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=training.learning_rate),
         loss="mse",
         jit_compile=training.jit_compile,
     )
-    checkpoint_dir = Path(checkpoint_dir)
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def resume_from(checkpoint_dir: Path, fingerprint: dict[str, Any]) -> Backup | None:
+    """The backup to resume from (None: start afresh), its model state not yet loaded.
+
+    Drops history rows of epochs after the backup (killed after their log, before their
+    commit) and a checkpoint left by a training with other settings.
+    """
+    try:
+        backup = read_backup(checkpoint_dir)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        # starting afresh gives the same result as the uninterrupted training, just later
+        log.warning("unreadable training backup in %s (%s): starting afresh", checkpoint_dir, exc)
+        backup = None
+        shutil.rmtree(checkpoint_dir)
+    if backup is not None and backup.fingerprint != fingerprint:
+        log.warning("ignoring %s: it was left by a training with other settings", checkpoint_dir)
+        shutil.rmtree(checkpoint_dir)
+        backup = None
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    live_history = checkpoint_dir / "history.csv"
-    first_epoch = completed_epochs(checkpoint_dir)
-    resumed = first_epoch > 0
-    if resumed:
+    live_history = checkpoint_dir / LIVE_HISTORY
+    first_epoch = backup.epoch if backup else 0
+    if live_history.exists():
+        rows = pd.read_csv(live_history) if live_history.stat().st_size else pd.DataFrame()
+        if len(rows):
+            rows[rows["epoch"] < first_epoch].to_csv(live_history, index=False)
+    if backup is not None:
         log.info(
             "resuming interrupted training from %s after epoch %d", checkpoint_dir, first_epoch
         )
-    if live_history.exists():  # drop rows of an epoch killed after its log, before its backup
-        rows = pd.read_csv(live_history)
-        rows[rows["epoch"] < first_epoch].to_csv(live_history, index=False)
-    # one seeded order per epoch, from the epoch the backup stopped at
-    train_ds = make_dataset(
-        x[fit_idx], y[fit_idx], training.batch_size, seed, (first_epoch, training.epochs)
-    )
-    val_ds = make_dataset(x[val_idx], y[val_idx], max(training.batch_size, 256))
+    return backup
+
+
+def restore_model(model: keras.Model, backup: Backup) -> None:
+    """Load a backup's weights and optimizer state (step count, learning rate, moments)."""
+    model.set_weights(backup.weights)
+    for var, value in zip(model.optimizer.variables, backup.optimizer, strict=True):
+        var.assign(value)
+
+
+def run_epochs(
+    model: keras.Model,
+    x: tf.Tensor,
+    y: tf.Tensor,
+    fit_idx: np.ndarray,
+    val_idx: np.ndarray,
+    training: TrainingConfig,
+    seed: int,
+    checkpoint_dir: Path,
+    backup: Backup | None,
+    fingerprint: dict[str, Any],
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> float:
+    """Run the epochs left (all, or those after the backup); returns the seconds spent.
+
+    Ends with the best epoch's weights in ``model``, as early stopping restores them.
+    """
+    first_epoch = backup.epoch if backup else 0
+    if backup is not None:
+        restore_model(model, backup)
+        if backup.done(training.epochs):  # killed after its last commit, before the outputs
+            log.info("the interrupted training had already finished")
+            model.set_weights(backup.best_weights or backup.weights)
+            return 0.0
     early = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=training.patience, restore_best_weights=True, verbose=0
     )
@@ -303,42 +468,64 @@ def train(
         patience=training.patience,
         min_lr=training.min_lr,
     )
-    # order matters: the epoch's log and callback state first, the backup (the commit point
-    # a resume starts from) last
+    checkpoint = _EpochCheckpoint(checkpoint_dir / BACKUP, [early, plateau], backup, fingerprint)
+    # order matters: the schedule, then the epoch's history row, then the commit
     callbacks = [
         early,
         plateau,
-        _CallbackState(checkpoint_dir, [early, plateau], first_epoch),
-        _EpochLog(live_history, len(fit_idx)),
-        keras.callbacks.BackupAndRestore(str(checkpoint_dir / "backup")),
-        *(extra_callbacks or []),
+        _EpochLog(checkpoint_dir / LIVE_HISTORY, len(fit_idx)),
+        checkpoint,
+        *extra_callbacks,
     ]
-    t0 = time.perf_counter()
-    model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=training.epochs,
-        steps_per_epoch=math.ceil(len(fit_idx) / training.batch_size),
-        callbacks=callbacks,
-        verbose=0,
-        shuffle=False,  # make_dataset already shuffles, seeded per epoch
+    # one seeded order per epoch, from the epoch the backup stopped at
+    train_ds = make_dataset(
+        x, y, training.batch_size, seed, (first_epoch, training.epochs), fit_idx
     )
-    seconds = time.perf_counter() - t0
-    history = pd.read_csv(live_history)
+    val_ds = make_dataset(x, y, max(training.batch_size, 256), rows=val_idx)
+    t0 = time.perf_counter()
+    try:
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            initial_epoch=first_epoch,
+            epochs=training.epochs,
+            steps_per_epoch=math.ceil(len(fit_idx) / training.batch_size),
+            callbacks=callbacks,
+            verbose=0,
+            shuffle=False,  # make_dataset already shuffles, seeded per epoch
+        )
+    finally:
+        checkpoint.close()
+    return time.perf_counter() - t0
+
+
+def training_metadata(
+    model: keras.Model,
+    history: pd.DataFrame,
+    *,
+    geometry: Geometry,
+    model_config: ModelConfig,
+    training: TrainingConfig,
+    normalisation: Mapping[str, Any],
+    seed: int,
+    n_fit: int,
+    n_val: int,
+    train_npz: str | Path,
+    seconds: float,
+    resumed: bool,
+    device: str,
+) -> dict[str, Any]:
+    """``model.json``: what the model was trained on and with, and how training went."""
     best = int(history["val_loss"].idxmin())
-    with atomic_path(model_path) as tmp:  # the temporary name keeps the .keras suffix
-        model.save(tmp)
-    with atomic_path(history_path) as tmp:
-        history.to_csv(tmp, index=False)
-    meta = {
+    return {
         "geometry": geometry.to_dict(),
         "normalisation": dict(normalisation),
         "architecture": model_config.to_dict(),
         "training": asdict(training),
         "seed": seed,
         "data": {
-            "train_patches": len(fit_idx),
-            "validation_patches": len(val_idx),
+            "train_patches": n_fit,
+            "validation_patches": n_val,
             "train_npz": str(train_npz),
         },
         "result": {
@@ -358,13 +545,98 @@ def train(
             "numpy": np.__version__,
         },
     }
+
+
+def _as_json(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (lists for tuples, Python numbers), for comparing."""
+    return json.loads(
+        json.dumps(obj, default=lambda o: o.item() if isinstance(o, np.generic) else str(o))
+    )
+
+
+def train(
+    train_npz: str | Path,
+    index_csv: str | Path,
+    geometry: Geometry,
+    model_config: ModelConfig,
+    training: TrainingConfig,
+    normalisation: Mapping[str, Any],
+    seed: int,
+    model_path: str | Path,
+    meta_path: str | Path,
+    history_path: str | Path,
+    checkpoint_dir: str | Path,
+    threads: int | None = None,
+    extra_callbacks: list | None = None,
+) -> dict[str, Any]:
+    """Train and save ``unet.keras``, ``model.json`` and ``history.csv``.
+
+    Interrupted training (killed job, pre-emption) resumes from the last finished epoch, to the
+    same result as an uninterrupted one, when rerun with the same ``checkpoint_dir``; the
+    checkpoint is removed once training completes.
+    """
+    check_geometry(geometry, model_config)
+    device = select_device(threads)
+    keras.utils.set_random_seed(seed)
+    if training.deterministic_ops:
+        # bitwise-reproducible kernels (matters on GPUs; Keras then turns XLA off)
+        tf.config.experimental.enable_op_determinism()
+    x, y, groups = load_training_set(train_npz, index_csv, geometry)
+    fit_idx, val_idx = split_validation(groups, training, seed, train_npz)
+    # one TensorFlow copy of the patches, shared by the training and validation batches
+    x, y = tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(y, tf.float32)
+    model = compiled_model(geometry, model_config, training)
+    checkpoint_dir = Path(checkpoint_dir)
+    fingerprint = _as_json(
+        {
+            "seed": seed,
+            "geometry": geometry.to_dict(),
+            "architecture": model_config.to_dict(),
+            "training": asdict(training),
+            "patches": [len(fit_idx), len(val_idx)],
+        }
+    )
+    backup = resume_from(checkpoint_dir, fingerprint)
+    seconds = run_epochs(
+        model,
+        x,
+        y,
+        fit_idx,
+        val_idx,
+        training,
+        seed,
+        checkpoint_dir,
+        backup,
+        fingerprint,
+        extra_callbacks or (),
+    )
+    history = pd.read_csv(checkpoint_dir / LIVE_HISTORY)
+    meta = training_metadata(
+        model,
+        history,
+        geometry=geometry,
+        model_config=model_config,
+        training=training,
+        normalisation=normalisation,
+        seed=seed,
+        n_fit=len(fit_idx),
+        n_val=len(val_idx),
+        train_npz=train_npz,
+        seconds=seconds,
+        resumed=backup is not None,
+        device=device,
+    )
+    with atomic_path(model_path) as tmp:  # the temporary name keeps the .keras suffix
+        model.save(tmp)
+    with atomic_path(history_path) as tmp:
+        history.to_csv(tmp, index=False)
     write_json(meta, meta_path)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     log.info(
         "trained %d epochs in %.1f s (best epoch %d, val_loss %.5g); saved %s",
         len(history),
         seconds,
-        best + 1,
+        meta["result"]["best_epoch"],
         meta["result"]["best_val_loss"],
         model_path,
     )

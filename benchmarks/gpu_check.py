@@ -1,0 +1,161 @@
+"""Does training and inference run on the GPU, and how fast? Installs nothing.
+
+Trains the U-Net for 2 epochs on simulated 16 x 64 patches with the pipeline's own training
+(``srsmlm.training.train``: seeded per-epoch order, validation, per-epoch backup), then runs one
+inference pass over the patches the way the denoising stage does
+(``srsmlm.inference.predict_batches``). Prints the device (GPU name or CPU), training and
+inference patches/s (the first epoch, which includes XLA compilation, is reported apart), and
+TensorFlow's peak GPU memory; then the same as one JSON line.
+
+    python benchmarks/gpu_check.py            # 8192 patches on a GPU, 320 on the CPU
+    python benchmarks/gpu_check.py --small    # 320 patches: a minute or two on a laptop CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+from srsmlm.dataset import save_npz  # noqa: E402
+from srsmlm.geometry import Geometry  # noqa: E402
+from srsmlm.inference import predict_batches  # noqa: E402
+from srsmlm.model import ModelConfig, load_model  # noqa: E402
+from srsmlm.simulate import pixel_integrals  # noqa: E402
+from srsmlm.training import TrainingConfig, train  # noqa: E402
+
+GEOMETRY = Geometry(16, 16, 48, 230)
+SMALL, LARGE = 320, 8192
+
+
+def simulated_patches(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(raw, clean) patches of shape (n, 16, 64, 1): a Gaussian spot in the localization box
+    and its spectrum (wider along x) in the spectral box, Poisson noise on a background."""
+    rng = np.random.default_rng(seed)
+    h, w_loc, w_spec = GEOMETRY.height, GEOMETRY.loc_width, GEOMETRY.spectral_width
+    cy = rng.uniform(6, h - 6, n)
+    rows = pixel_integrals(cy, 1.3, np.zeros(n), h)
+    spot_x = pixel_integrals(rng.uniform(6, w_loc - 6, n), 1.3, np.zeros(n), w_loc)
+    spec_x = pixel_integrals(rng.uniform(14, w_spec - 14, n), 5.0, np.zeros(n), w_spec)
+    clean = np.concatenate(
+        [rows[:, :, None] * spot_x[:, None, :], rows[:, :, None] * spec_x[:, None, :]], axis=2
+    )
+    photons = rng.uniform(500, 3000, n)[:, None, None]
+    raw = rng.poisson(clean * photons + 20.0) / 65536.0  # camera counts / 2**16, as the pipeline
+    clean = clean / clean.max(axis=(1, 2), keepdims=True)
+    return raw[..., None].astype(np.float32), clean[..., None].astype(np.float32)
+
+
+def device_name() -> str:
+    """The GPU's name as TensorFlow reports it, or "CPU (<processor>)"."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    details = tf.config.experimental.get_device_details(gpus[0])
+    return f"GPU: {details.get('device_name', gpus[0].name)}"
+
+
+def peak_gpu_memory_mib() -> float | None:
+    """TensorFlow's peak memory on GPU:0 so far (MiB), None without a GPU."""
+    if not tf.config.list_physical_devices("GPU"):
+        return None
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+
+
+def run(n: int, epochs: int, batch_size: int, inference_batch: int) -> dict[str, object]:
+    """Train, then predict, in a temporary folder; returns the measurements."""
+    x, y = simulated_patches(n)
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        save_npz(folder / "train.npz", X=x, Y=y)
+        pd.DataFrame(
+            {
+                "acquisition": "sim",
+                "cluster": np.arange(n) // 4,
+                "frame": np.arange(n),
+                "kind": "signal",
+                "split": "train",
+            }
+        ).to_csv(folder / "index.csv", index=False)
+        cfg = TrainingConfig(epochs=epochs, batch_size=batch_size, patience=epochs + 1)
+        meta = train(
+            folder / "train.npz",
+            folder / "index.csv",
+            GEOMETRY,
+            ModelConfig(),
+            cfg,
+            {"input_divisor": 65536},
+            1,
+            folder / "unet.keras",
+            folder / "model.json",
+            folder / "history.csv",
+            folder / "checkpoint",
+        )
+        history = pd.read_csv(folder / "history.csv")
+        model = load_model(folder / "unet.keras", folder / "model.json", GEOMETRY)
+        t0 = time.perf_counter()
+        predict_batches(model, x[:inference_batch], inference_batch)  # trace and compile
+        warmup = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        predict_batches(model, x, inference_batch)
+        inference = time.perf_counter() - t0
+    steady = history["seconds"].iloc[1:].min() if len(history) > 1 else float("nan")
+    return {
+        "device": device_name(),
+        "tensorflow": tf.__version__,
+        "patches": n,
+        "train_patches": meta["data"]["train_patches"],
+        "epochs": len(history),
+        "batch_size": batch_size,
+        "train_patches_per_s": meta["data"]["train_patches"] / steady,
+        "first_epoch_s": float(history["seconds"].iloc[0]),
+        "compile_s": float(history["seconds"].iloc[0] - steady),
+        "inference_patches_per_s": n / inference,
+        "inference_warmup_s": warmup,
+        "peak_gpu_memory_mib": peak_gpu_memory_mib(),
+        "final_loss": float(history["loss"].iloc[-1]),
+    }
+
+
+def main() -> None:
+    """Parse the options, run, print plain lines and one JSON line."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--small", action="store_true", help=f"{SMALL} patches (CPU-friendly)")
+    ap.add_argument("--patches", type=int, help=f"default {LARGE} on a GPU, {SMALL} on the CPU")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=80, help="training batch (config: 80)")
+    ap.add_argument("--inference-batch", type=int, default=1024)
+    args = ap.parse_args()
+    if args.epochs < 2:
+        ap.error("--epochs must be at least 2 (the first epoch includes compilation)")
+    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    n = args.patches or (SMALL if args.small or not has_gpu else LARGE)
+    r = run(n, args.epochs, args.batch_size, args.inference_batch)
+    print(f"device: {r['device']} (TensorFlow {r['tensorflow']})")
+    print(
+        f"training: {r['train_patches_per_s']:.1f} patches/s ({r['train_patches']} patches, "
+        f"batch {r['batch_size']}, epochs after the first); first epoch {r['first_epoch_s']:.1f} s "
+        f"(compile ~{r['compile_s']:.1f} s)"
+    )
+    print(
+        f"inference: {r['inference_patches_per_s']:.1f} patches/s ({r['patches']} patches, "
+        f"batch {args.inference_batch}); warm-up {r['inference_warmup_s']:.1f} s"
+    )
+    peak = r["peak_gpu_memory_mib"]
+    print("peak GPU memory: " + (f"{peak:.0f} MiB" if peak is not None else "n/a (no GPU)"))
+    print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
