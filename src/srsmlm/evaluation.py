@@ -28,6 +28,17 @@ ESTIMATORS = {
 }
 
 
+#: the spectra.csv columns the evaluation reads (the others are not read: bounded memory)
+SPECTRA_COLUMNS = frozenset(
+    {"frame", "x", "y", "signal", "cluster", "sc_mle_flag", "sc_mle_crlb_nm"}
+    | set(ESTIMATORS.values())
+    | {f"dye_{name}" for name in ("raw", "denoised", "mle")}
+)
+
+#: the truth.csv columns the evaluation reads
+TRUTH_COLUMNS = frozenset({"frame", "loc_x", "loc_y", "detected", "sc_true_nm", "dye"})
+
+
 def match_truth(
     spectra: pd.DataFrame, truth: pd.DataFrame, tolerance_px: float = 0.02
 ) -> pd.DataFrame:
@@ -191,7 +202,8 @@ def evaluate(
     per-molecule error."""
     frames = []
     for name, sp, tp in zip(names, spectra_paths, truth_paths, strict=True):
-        m = match_truth(pd.read_csv(sp, keep_default_na=True), pd.read_csv(tp))
+        spectra = pd.read_csv(sp, keep_default_na=True, usecols=SPECTRA_COLUMNS.__contains__)
+        m = match_truth(spectra, pd.read_csv(tp, usecols=TRUTH_COLUMNS.__contains__))
         frames.append(m.assign(acquisition=name))
     df = pd.concat(frames, ignore_index=True)
     matched = df[df["sc_true_nm"].notna()].copy()

@@ -9,6 +9,7 @@ distance d (px, from the localization's sub-pixel x to the pixel centre) has wav
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,61 @@ def precision_by_signal(df: pd.DataFrame, columns: dict[str, str], n_bins: int) 
     return out.reset_index(drop=True)
 
 
+#: columns of the denoised patch table the stage reads (the others are not needed)
+TABLE_COLUMNS = ("localization_index", "frame", "x", "y", "signal", "spec_row0", "spec_col0")
+
+#: spectral precision: output column -> spectra.csv column whose spread over a run it measures
+PRECISION_COLUMNS = {
+    "sc_raw_std_nm": "sc_raw_nm",
+    "sc_denoised_std_nm": "sc_denoised_nm",
+    "fit_raw_std_nm": "fit_raw_centre_nm",
+    "fit_denoised_std_nm": "fit_denoised_centre_nm",
+    "sc_fused_std_nm": "sc_fused_nm",
+    "sc_mle_std_nm": "sc_mle_nm",
+}
+
+#: columns of the localizations in runs kept in memory for the precision and the molecules
+RUN_COLUMNS = (
+    "cluster",
+    "frame",
+    "x",
+    "y",
+    "signal",
+    *PRECISION_COLUMNS.values(),
+    "sc_mle_crlb_nm",
+    "sc_mle_width_nm",
+    "spectral_photons",
+    "background_photons",
+    "sc_mle_flag",
+    "mle_centre_px",
+    "mle_box_row0",
+    "mle_box_col0",
+)
+
+#: estimates classified into dyes (``dye_{name}``) from their ``sc_{name}_nm`` column
+DYE_ESTIMATES = ("raw", "denoised", "mle")
+
+
+#: glibc ``mallopt`` parameter M_MMAP_THRESHOLD and the value the stage fixes it to: blocks of
+#: this size and more are mapped on their own and unmapped when freed
+_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES = -3, 1 << 20
+
+
+def fix_mmap_threshold() -> None:
+    """Fix glibc's mmap threshold (no-op without glibc). Left dynamic, glibc raises it (up to
+    32 MiB) after the first large free, so each chunk's large temporaries come from the
+    per-thread heaps, which fragment around the small arrays kept between chunks: the peak RSS
+    then grows with the number of chunks instead of staying at one chunk's working set."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):
+        pass
+
+
 def _chunks(n: int, size: int) -> list[slice]:
     return [slice(a, min(a + size, n)) for a in range(0, n, max(size, 1))]
 
@@ -282,25 +338,30 @@ def read_pages(path: str | Path, index: np.ndarray | slice, shape: tuple[int, in
 
 def patch_readouts(
     table: pd.DataFrame,
+    sl: slice,
     paths: dict[str, str | Path],
     geometry: Geometry,
     cal: Calibration,
     n_rows: int,
-    chunk_size: int,
-) -> pd.DataFrame:
-    """Centroid, Gaussian fit and positive sum of the raw and denoised patches, chunk by chunk."""
-    parts = []
-    for sl in _chunks(len(table), chunk_size):
-        cols: dict[str, np.ndarray] = {}
-        for name, path in paths.items():
-            r = readout(read_pages(path, sl, geometry.shape), table.iloc[sl], geometry, cal, n_rows)
-            cols[f"sc_{name}_nm"] = r["sc"]
-            cols[f"fit_{name}_centre_nm"] = r["fit_centre"]
-            cols[f"fit_{name}_width_nm"] = r["fit_width"]
-            cols[f"fit_{name}_amplitude"] = r["fit_amplitude"]
-            cols[f"sum_{name}"] = r["sum"]
-        parts.append(pd.DataFrame(cols, index=table.index[sl]))
-    return pd.concat(parts) if parts else pd.DataFrame(index=table.index)
+    pool: Executor | None = None,
+) -> dict[str, np.ndarray]:
+    """Centroid, Gaussian fit and positive sum of the raw and denoised patches of the rows
+    ``sl`` of ``table`` (the patch TIFFs' pages, in the table's order); the TIFFs are read out
+    concurrently in ``pool`` when given (same values)."""
+
+    def one(path: str | Path) -> dict[str, np.ndarray]:
+        return readout(read_pages(path, sl, geometry.shape), table.iloc[sl], geometry, cal, n_rows)
+
+    done = {name: pool.submit(one, path) for name, path in paths.items()} if pool else {}
+    cols: dict[str, np.ndarray] = {}
+    for name, path in paths.items():
+        r = done[name].result() if pool else one(path)
+        cols[f"sc_{name}_nm"] = r["sc"]
+        cols[f"fit_{name}_centre_nm"] = r["fit_centre"]
+        cols[f"fit_{name}_width_nm"] = r["fit_width"]
+        cols[f"fit_{name}_amplitude"] = r["fit_amplitude"]
+        cols[f"sum_{name}"] = r["sum"]
+    return cols
 
 
 def fused_readout(
@@ -310,9 +371,10 @@ def fused_readout(
     cal: Calibration,
     n_rows: int,
     chunk_size: int,
+    threads: int = 1,
 ) -> pd.Series:
     """Centroid of each run localization's leave-one-out SF-fused patch (NaN outside runs),
-    whole runs at a time, about ``chunk_size`` patches per step."""
+    whole runs at a time, about ``chunk_size`` patches per step, ``threads`` steps at once."""
     from .fusion import leave_one_out_fusion
 
     sc = pd.Series(np.nan, index=table.index)
@@ -324,16 +386,22 @@ def fused_readout(
     runs = table["cluster"].to_numpy()[order]
     starts = np.flatnonzero(np.r_[True, runs[1:] != runs[:-1]])
     bounds = np.r_[starts, len(order)]
+    steps = []
     a = 0
     while a < len(starts):  # whole runs, at least one per step
         b = max(a + 1, int(np.searchsorted(bounds, bounds[a] + chunk_size, side="right")) - 1)
         b = min(b, len(starts))
-        idx = order[bounds[a] : bounds[b]]
-        raw = read_pages(raw_tif, idx, geometry.shape)
-        fused, _ = leave_one_out_fusion(raw, starts[a:b] - bounds[a])
-        r = readout(fused, table.iloc[idx], geometry, cal, n_rows)
-        sc.iloc[idx] = r["sc"]
+        steps.append((order[bounds[a] : bounds[b]], starts[a:b] - bounds[a]))
         a = b
+
+    def one(step: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        idx, run_starts = step
+        fused, _ = leave_one_out_fusion(read_pages(raw_tif, idx, geometry.shape), run_starts)
+        return readout(fused, table.iloc[idx], geometry, cal, n_rows)["sc"]
+
+    with ThreadPoolExecutor(max(1, int(threads))) as pool:  # results are one value a patch
+        for (idx, _), values in zip(steps, pool.map(one, steps), strict=True):
+            sc.iloc[idx] = values
     return sc
 
 
@@ -346,7 +414,9 @@ def run_mle(
     cfg: Any,
     chunk_size: int,
 ) -> pd.DataFrame:
-    """The maximum-likelihood readout (:func:`srsmlm.readout.mle_readout`), chunk by chunk."""
+    """The maximum-likelihood readout (:func:`srsmlm.readout.mle_readout`) of a whole table,
+    chunk by chunk (the stage itself reads out one chunk at a time, see
+    :func:`spectra_chunk`)."""
     from .readout import mle_readout
     from .stack import Stack
 
@@ -370,13 +440,15 @@ def molecules(
     seed: int,
 ) -> pd.DataFrame:
     """Per-molecule spectra (:func:`srsmlm.readout.molecule_table`), joint fits whole runs at a
-    time, and a Gaussian-mixture dye class per molecule."""
+    time, and a Gaussian-mixture dye class per molecule. ``spectra`` needs only the
+    localizations in runs (``RUN_COLUMNS``), in the order of spectra.csv."""
     from .readout import joint_fits, molecule_groups, molecule_table
     from .stack import Stack
 
     trusted = molecule_groups(spectra)
     clusters = trusted["cluster"].to_numpy()
     starts = np.r_[np.flatnonzero(np.r_[True, clusters[1:] != clusters[:-1]]), len(trusted)]
+    starts = starts if len(trusted) else starts[:0]  # no usable frame: no joint fit
     parts = []
     with Stack(stack_path) as stack:
         a = 0
@@ -390,6 +462,140 @@ def molecules(
     out = molecule_table(spectra, joint, geometry, cal, cfg)
     cls, prob, _ = classify_dyes(out["sc_nm"].to_numpy(), n_dyes, seed)
     return out.assign(dye=cls, dye_probability=prob)
+
+
+def load_patch_table(
+    denoised_table: str | Path,
+    clusters_csv: str | Path,
+    patch_tifs: tuple[str | Path, ...],
+    geometry: Geometry,
+) -> pd.DataFrame:
+    """The columns of the denoised patch table the stage needs (``TABLE_COLUMNS``), with each
+    localization's run (``cluster``, -1 outside runs); checks the TIFFs hold one patch a row."""
+    table = pd.read_csv(denoised_table, usecols=list(TABLE_COLUMNS))
+    for path in patch_tifs:
+        n_pages = _page_count(path, geometry)
+        if n_pages != len(table):
+            raise InputError(
+                path, f"{n_pages} patches for {len(table)} table rows", "rerun denoise_acquisition"
+            )
+    clusters = pd.read_csv(clusters_csv, usecols=["localization_index", "cluster"])
+    table = table.merge(clusters, on="localization_index", how="left")
+    table["cluster"] = table["cluster"].fillna(-1).astype(np.int64)
+    return table
+
+
+def spectra_chunk(
+    table: pd.DataFrame,
+    sl: slice,
+    sc_fused: np.ndarray,
+    paths: dict[str, str | Path],
+    stack: Any,
+    geometry: Geometry,
+    cal: Calibration,
+    camera: Any,
+    cfg: Any,
+    n_rows: int,
+    pool: Executor,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The spectra.csv columns (all but the dye classes) of the rows ``sl`` of ``table``, and
+    the extra maximum-likelihood columns the molecules need (box and centre). The
+    maximum-likelihood readout (Numba, no GIL) runs in ``pool`` beside the patch readouts."""
+    from .readout import MLE_COLUMNS, mle_readout
+
+    part = table.iloc[sl]
+    fit = pool.submit(mle_readout, stack, part, geometry, cal, camera, cfg)
+    out = part[["localization_index", "frame", "x", "y", "signal", "cluster"]].copy()
+    for name, values in patch_readouts(table, sl, paths, geometry, cal, n_rows, pool).items():
+        out[name] = values
+    out["photons_proxy_adu"] = out["sum_raw"] * NORMALISATION
+    out["sc_fused_nm"] = sc_fused[sl]
+    mle = fit.result()
+    out = out.join(mle[list(MLE_COLUMNS)])
+    return out, mle[["mle_centre_px", "mle_box_row0", "mle_box_col0"]]
+
+
+@dataclass
+class _Kept:
+    """What the global steps need of every chunk: the estimates the dye classes are fitted on
+    and the CRLB (preallocated, one value a localization), the flag counts (summary), and the
+    localizations in runs (spooled to disk a chunk at a time: only the molecules and the precision
+    read them, after the readout pass)."""
+
+    sc: dict[str, np.ndarray]
+    crlb: np.ndarray
+    flags: dict[str, int]
+    runs: list[Path]
+
+    @classmethod
+    def empty(cls, n: int) -> _Kept:
+        return cls({name: np.empty(n) for name in DYE_ESTIMATES}, np.empty(n), {}, [])
+
+    def add(self, sl: slice, out: pd.DataFrame, extra: pd.DataFrame, runs_file: Path) -> None:
+        for name, values in self.sc.items():
+            values[sl] = out[f"sc_{name}_nm"].to_numpy()
+        self.crlb[sl] = out["sc_mle_crlb_nm"].to_numpy()
+        for flag, n in out["sc_mle_flag"].fillna("").replace("", "trusted").value_counts().items():
+            self.flags[flag] = self.flags.get(flag, 0) + int(n)
+        in_run = out["cluster"].to_numpy() >= 0
+        out.join(extra).loc[in_run, list(RUN_COLUMNS)].to_pickle(runs_file)
+        self.runs.append(runs_file)
+
+    def runs_table(self) -> pd.DataFrame:
+        if not self.runs:
+            return pd.DataFrame(columns=list(RUN_COLUMNS))
+        return pd.concat([pd.read_pickle(f) for f in self.runs])
+
+
+def readout_pass(
+    table: pd.DataFrame,
+    sc_fused: np.ndarray,
+    paths: dict[str, str | Path],
+    stack_path: str | Path,
+    spool: Path,
+    geometry: Geometry,
+    cal: Calibration,
+    camera: Any,
+    cfg: Any,
+    n_rows: int,
+    chunk_size: int,
+) -> tuple[list[Path], _Kept]:
+    """Read out ``table`` ``chunk_size`` rows at a time: each chunk's spectra.csv columns are
+    pickled into ``spool`` (exact values and types); only what the global steps need stays in
+    memory."""
+    from .stack import Stack
+
+    kept = _Kept.empty(len(table))
+    files = []
+    with Stack(stack_path) as stack, ThreadPoolExecutor(len(paths) + 1) as pool:
+        for k, sl in enumerate(_chunks(len(table), chunk_size)):
+            out, extra = spectra_chunk(
+                table, sl, sc_fused, paths, stack, geometry, cal, camera, cfg, n_rows, pool
+            )
+            kept.add(sl, out, extra, spool / f"runs_{k:06d}.pkl")
+            files.append(spool / f"chunk_{k:06d}.pkl")
+            out.to_pickle(files[-1])
+            log.info("read out %d / %d localizations", sl.stop, len(table))
+    return files, kept
+
+
+def write_spectra(
+    files: list[Path], dyes: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path
+) -> None:
+    """spectra.csv, atomically, one spooled chunk at a time, with the dye classes appended (the
+    same bytes as writing the whole table at once)."""
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        start = 0
+        for k, file in enumerate(files):
+            out = pd.read_pickle(file)
+            sl = slice(start, start + len(out))
+            for name, (cls, prob) in dyes.items():
+                out[f"dye_{name}"] = cls[sl]
+                out[f"dye_{name}_probability"] = prob[sl]
+            out.to_csv(fh, header=k == 0, index=False)
+            start = sl.stop
 
 
 def spectra_stage(
@@ -410,33 +616,22 @@ def spectra_stage(
     """Spectra of every denoised localization: centroid and least-squares fit of the raw and
     denoised patches, the leave-one-out SF-fused centroid (runs), the maximum-likelihood readout
     on raw counts with its CRLB and flag, dye classes, spectral precision, and one row per
-    molecule (run). Streams ``spectra.chunk_size`` localizations at a time."""
-    import numba
+    molecule (run). Streams ``spectra.chunk_size`` localizations at a time: each chunk's columns
+    are spooled beside the output, and spectra.csv is written from the spool once the dye classes
+    (fitted on all estimates) are known; memory holds only the few columns of the global steps."""
+    import shutil
 
-    from .io import write_csv
+    from .io import spool_dir, write_csv
     from .mle import Camera
-    from .readout import MLE_COLUMNS, ReadoutConfig, crowded
+    from .readout import ReadoutConfig, crowded
 
-    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
-    table = pd.read_csv(denoised_table)
-    for path in (raw_tif, denoised_tif):
-        n_pages = _page_count(path, geometry)
-        if n_pages != len(table):
-            raise InputError(
-                path, f"{n_pages} patches for {len(table)} table rows", "rerun denoise_acquisition"
-            )
+    fix_mmap_threshold()
+    table = load_patch_table(denoised_table, clusters_csv, (raw_tif, denoised_tif), geometry)
     cal = calibration_from_config(section, geometry)
-    cfg = ReadoutConfig.from_config(section, cal)
+    cfg = ReadoutConfig.from_config(section, cal, threads=int(threads))
     cam = Camera.from_config(camera)
     n_rows, chunk = int(section["profile_rows"]), int(section["chunk_size"])
-    clusters = pd.read_csv(clusters_csv, usecols=["localization_index", "cluster"])
-    table = table.merge(clusters, on="localization_index", how="left")
-    table["cluster"] = table["cluster"].fillna(-1).astype(np.int64)
-    out = table[["localization_index", "frame", "x", "y", "signal", "cluster"]].copy()
-    paths = {"raw": raw_tif, "denoised": denoised_tif}
-    out = out.join(patch_readouts(table, paths, geometry, cal, n_rows, chunk))
-    out["photons_proxy_adu"] = out["sum_raw"] * NORMALISATION
-    out["sc_fused_nm"] = fused_readout(table, raw_tif, geometry, cal, n_rows, chunk)
+    sc_fused = fused_readout(table, raw_tif, geometry, cal, n_rows, chunk, threads).to_numpy()
     table["crowded"] = crowded(
         table["frame"].to_numpy(),
         table["x"].to_numpy(),
@@ -444,51 +639,46 @@ def spectra_stage(
         cfg.crowding_rows_px,
         geometry.spectral_width + 2 * cfg.margin_px,
     )
-    mle = run_mle(table, stack_path, geometry, cal, cam, cfg, chunk)
-    out = out.join(mle[list(MLE_COLUMNS)])
-    for name in ("raw", "denoised", "mle"):
-        cls, prob, k = classify_dyes(out[f"sc_{name}_nm"].to_numpy(), section.get("n_dyes"), seed)
-        out[f"dye_{name}"] = cls
-        out[f"dye_{name}_probability"] = prob
-    mols = molecules(
-        out.join(mle[["mle_centre_px", "mle_box_row0", "mle_box_col0"]]),
-        stack_path,
-        geometry,
-        cal,
-        cam,
-        cfg,
-        chunk,
-        section.get("n_dyes"),
-        seed,
-    )
-    precision = precision_by_signal(
-        out,
-        {
-            "sc_raw_std_nm": "sc_raw_nm",
-            "sc_denoised_std_nm": "sc_denoised_nm",
-            "fit_raw_std_nm": "fit_raw_centre_nm",
-            "fit_denoised_std_nm": "fit_denoised_centre_nm",
-            "sc_fused_std_nm": "sc_fused_nm",
-            "sc_mle_std_nm": "sc_mle_nm",
-        },
-        int(section["signal_bins"]),
-    )
-    write_csv(out, spectra_csv)
+    n = len(table)
+    spool = spool_dir(spectra_csv)
+    try:
+        paths = {"raw": raw_tif, "denoised": denoised_tif}
+        files, kept = readout_pass(
+            table, sc_fused, paths, stack_path, spool, geometry, cal, cam, cfg, n_rows, chunk
+        )
+        del table, sc_fused
+        dyes = {}
+        for name, sc in kept.sc.items():
+            dyes[name] = classify_dyes(sc, section.get("n_dyes"), seed)[:2]
+        runs = kept.runs_table()
+        mols = molecules(
+            runs, stack_path, geometry, cal, cam, cfg, chunk, section.get("n_dyes"), seed
+        )
+        precision = precision_by_signal(runs, PRECISION_COLUMNS, int(section["signal_bins"]))
+        write_spectra(files, dyes, spectra_csv)
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
     write_csv(precision, precision_csv)
     write_csv(mols, molecules_csv)
-    flags = out["sc_mle_flag"].fillna("").replace("", "trusted").value_counts()
+    return stage_summary(n, len(mols), cal, kept, precision)
+
+
+def stage_summary(
+    n: int, n_molecules: int, cal: Calibration, kept: _Kept, precision: pd.DataFrame
+) -> dict[str, Any]:
+    """The stage's summary (logged): counts, calibration, MLE flags, median CRLB."""
     summary = {
-        "localizations": len(out),
-        "molecules": len(mols),
+        "localizations": n,
+        "molecules": n_molecules,
         "calibration": cal.__dict__,
-        "mle_flags": {k: int(v) for k, v in flags.items()},
-        "median_sc_mle_crlb_nm": float(np.nanmedian(out["sc_mle_crlb_nm"])) if len(out) else None,
+        "mle_flags": dict(sorted(kept.flags.items(), key=lambda kv: -kv[1])),
+        "median_sc_mle_crlb_nm": float(np.nanmedian(kept.crlb)) if n else None,
     }
     log.info(
         "spectra of %d localizations (%d molecules); calibration %.4f nm/px, %.2f nm at the "
         "offset; MLE flags %s; median CRLB %.2f nm; precision:\n%s",
-        len(out),
-        len(mols),
+        n,
+        n_molecules,
         cal.nm_per_px,
         cal.wavelength_at_offset_nm,
         summary["mle_flags"],
