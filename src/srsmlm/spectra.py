@@ -324,6 +324,17 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(a, min(a + size, n)) for a in range(0, n, max(size, 1))]
 
 
+def run_blocks(bounds: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """Consecutive blocks of whole runs, about ``size`` rows each and at least one run each:
+    (first run, end run) pairs. ``bounds``: the row where each run starts, then the row count."""
+    blocks, a, n = [], 0, len(bounds) - 1
+    while a < n:
+        b = min(n, max(a + 1, int(np.searchsorted(bounds, bounds[a] + size, side="right")) - 1))
+        blocks.append((a, b))
+        a = b
+    return blocks
+
+
 def read_pages(path: str | Path, index: np.ndarray | slice, shape: tuple[int, int]) -> np.ndarray:
     """Selected patches (float32) of a contiguous patch TIFF, without reading the others (the
     file is memory-mapped only for the copy)."""
@@ -386,13 +397,10 @@ def fused_readout(
     runs = table["cluster"].to_numpy()[order]
     starts = np.flatnonzero(np.r_[True, runs[1:] != runs[:-1]])
     bounds = np.r_[starts, len(order)]
-    steps = []
-    a = 0
-    while a < len(starts):  # whole runs, at least one per step
-        b = max(a + 1, int(np.searchsorted(bounds, bounds[a] + chunk_size, side="right")) - 1)
-        b = min(b, len(starts))
-        steps.append((order[bounds[a] : bounds[b]], starts[a:b] - bounds[a]))
-        a = b
+    steps = [
+        (order[bounds[a] : bounds[b]], starts[a:b] - bounds[a])
+        for a, b in run_blocks(bounds, chunk_size)
+    ]
 
     def one(step: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         idx, run_starts = step
@@ -403,29 +411,6 @@ def fused_readout(
         for (idx, _), values in zip(steps, pool.map(one, steps), strict=True):
             sc.iloc[idx] = values
     return sc
-
-
-def run_mle(
-    table: pd.DataFrame,
-    stack_path: str | Path,
-    geometry: Geometry,
-    cal: Calibration,
-    camera: Any,
-    cfg: Any,
-    chunk_size: int,
-) -> pd.DataFrame:
-    """The maximum-likelihood readout (:func:`srsmlm.readout.mle_readout`) of a whole table,
-    chunk by chunk (the stage itself reads out one chunk at a time, see
-    :func:`spectra_chunk`)."""
-    from .readout import mle_readout
-    from .stack import Stack
-
-    with Stack(stack_path) as stack:
-        parts = [
-            mle_readout(stack, table.iloc[sl], geometry, cal, camera, cfg)
-            for sl in _chunks(len(table), chunk_size)
-        ]
-    return pd.concat(parts) if parts else pd.DataFrame(index=table.index)
 
 
 def molecules(
@@ -449,15 +434,11 @@ def molecules(
     clusters = trusted["cluster"].to_numpy()
     starts = np.r_[np.flatnonzero(np.r_[True, clusters[1:] != clusters[:-1]]), len(trusted)]
     starts = starts if len(trusted) else starts[:0]  # no usable frame: no joint fit
-    parts = []
     with Stack(stack_path) as stack:
-        a = 0
-        while a < len(starts) - 1:
-            b = max(a + 1, int(np.searchsorted(starts, starts[a] + chunk_size, side="right")) - 1)
-            parts.append(
-                joint_fits(stack, trusted.iloc[starts[a] : starts[b]], geometry, camera, cfg)
-            )
-            a = b
+        parts = [
+            joint_fits(stack, trusted.iloc[starts[a] : starts[b]], geometry, camera, cfg)
+            for a, b in run_blocks(starts, chunk_size)
+        ]
     joint = pd.concat(parts) if parts else None
     out = molecule_table(spectra, joint, geometry, cal, cfg)
     cls, prob, _ = classify_dyes(out["sc_nm"].to_numpy(), n_dyes, seed)
