@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import tifffile
 
+from srsmlm.io import read_patches
 from srsmlm.plots import (
     REPORT_FIGURES,
     _evaluation_rows,
@@ -19,7 +20,6 @@ from srsmlm.plots import (
     mle_error_vs_crlb,
     mle_reasons,
     molecules_histogram,
-    read_patches,
     render_arrays,
     rendering,
     report_stage,

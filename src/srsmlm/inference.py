@@ -6,7 +6,6 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .geometry import Geometry
-from .io import PatchSpool, prefetch, spool_dir, write_csv, write_json
+from .io import PatchSpool, chunk_slices, prefetch, spool_dir, write_csv, write_json
 from .model import load_model
 from .patches import check_geometry_fits, check_inside_stack, extract_patches, place_boxes
 from .stack import Stack
@@ -91,11 +90,6 @@ def evaluate_test(
     return metrics
 
 
-def _chunks(n: int, size: int) -> Iterator[slice]:
-    for start in range(0, n, size):
-        yield slice(start, min(start + size, n))
-
-
 def denoise_acquisition(
     localizations_csv: str | Path,
     stack_path: str | Path,
@@ -148,7 +142,7 @@ def denoise_acquisition(
                 return extract_patches(stack, kept_boxes.subset(np.arange(sl.start, sl.stop)), g)
 
             # the next chunk is read from the stack while this one is predicted
-            chunks = prefetch(_chunks(len(keep_idx), chunk_size), read_chunk)
+            chunks = prefetch(chunk_slices(len(keep_idx), chunk_size), read_chunk)
             for k, (_, raw) in enumerate(chunks):
                 spool.add(raw=raw, denoised=predict_batches(model, raw, batch_size))
                 rate = spool.n / max(time.perf_counter() - t0, 1e-9)

@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -146,3 +146,31 @@ def spool_dir(beside: str | Path) -> Path:
     parent = Path(beside).parent
     parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=".spool_", dir=parent))
+
+
+def chunk_slices(n: int, size: int) -> list[slice]:
+    """Consecutive slices of at most ``size`` items covering ``range(n)``."""
+    return [slice(a, min(a + size, n)) for a in range(0, n, max(size, 1))]
+
+
+def read_patches(raw_tif: str | Path, pages: Sequence[int] | np.ndarray | slice) -> np.ndarray:
+    """Pages ``pages`` of a patch TIFF (N x H x W) without reading the others: a memory map
+    of the contiguous image data (mapped only for the copy); page by page if the file cannot
+    be mapped. ``pages``: page numbers or a slice of them."""
+    if isinstance(pages, slice):
+        pages = np.arange(pages.start or 0, pages.stop)
+    pages = np.asarray(pages, dtype=np.int64)
+    if not len(pages):
+        return np.zeros((0, 0, 0), np.float32)
+    try:
+        stack = tifffile.memmap(raw_tif, mode="r")
+    except ValueError:  # not contiguous / compressed: read just those pages
+        arr = tifffile.imread(raw_tif, key=pages.tolist())
+        return np.asarray(arr, np.float32).reshape(len(pages), *np.shape(arr)[-2:])
+    try:
+        stack = stack.reshape(-1, *stack.shape[-2:])
+        if pages.max() >= len(stack):
+            raise IndexError(f"{raw_tif} has {len(stack)} patches, page {pages.max()} asked for")
+        return np.array(stack[pages], dtype=np.float32)
+    finally:
+        del stack

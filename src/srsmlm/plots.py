@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from .io import atomic_path, write_json  # noqa: E402
+from .io import atomic_path, read_patches, write_json  # noqa: E402
 
 log = logging.getLogger(__name__)
 WAVELENGTH_CMAP = "turbo"
@@ -582,25 +582,6 @@ def choose_examples(reasons: pd.Categorical, n: int, seed: int) -> dict[str, np.
         chosen = rng.choice(rows, size=min(n, len(rows)), replace=False) if len(rows) else rows
         picks[r] = np.sort(chosen)
     return picks
-
-
-def read_patches(raw_tif: PathLike, pages: Sequence[int]) -> np.ndarray:
-    """Pages ``pages`` of a patch TIFF (N x H x W) without reading the others: a memory map
-    of the contiguous image data; page by page if the file cannot be mapped."""
-    import tifffile
-
-    pages = np.asarray(pages, dtype=np.int64)
-    if not len(pages):
-        return np.zeros((0, 0, 0), np.float32)
-    try:
-        stack = tifffile.memmap(raw_tif, mode="r")
-    except ValueError:  # not contiguous / compressed: read just those pages
-        arr = tifffile.imread(raw_tif, key=pages.tolist())
-        return np.asarray(arr, np.float32).reshape(len(pages), *np.shape(arr)[-2:])
-    stack = stack.reshape(-1, *stack.shape[-2:])
-    if pages.max() >= len(stack):
-        raise IndexError(f"{raw_tif} has {len(stack)} patches, page {pages.max()} asked for")
-    return np.array(stack[pages], dtype=np.float32)
 
 
 def _example_patches(

@@ -20,6 +20,7 @@ from sklearn.mixture import GaussianMixture
 
 from .errors import InputError
 from .geometry import Geometry
+from .io import chunk_slices, read_patches
 from .stack import NORMALISATION
 
 log = logging.getLogger(__name__)
@@ -320,10 +321,6 @@ def fix_mmap_threshold() -> None:
         pass
 
 
-def _chunks(n: int, size: int) -> list[slice]:
-    return [slice(a, min(a + size, n)) for a in range(0, n, max(size, 1))]
-
-
 def run_blocks(bounds: np.ndarray, size: int) -> list[tuple[int, int]]:
     """Consecutive blocks of whole runs, about ``size`` rows each and at least one run each:
     (first run, end run) pairs. ``bounds``: the row where each run starts, then the row count."""
@@ -333,18 +330,6 @@ def run_blocks(bounds: np.ndarray, size: int) -> list[tuple[int, int]]:
         blocks.append((a, b))
         a = b
     return blocks
-
-
-def read_pages(path: str | Path, index: np.ndarray | slice, shape: tuple[int, int]) -> np.ndarray:
-    """Selected patches (float32) of a contiguous patch TIFF, without reading the others (the
-    file is memory-mapped only for the copy)."""
-    import tifffile
-
-    mm = tifffile.memmap(path, mode="r")
-    try:
-        return np.array(mm.reshape(-1, *shape)[index], dtype=np.float32)
-    finally:
-        del mm
 
 
 def patch_readouts(
@@ -361,7 +346,7 @@ def patch_readouts(
     concurrently in ``pool`` when given (same values)."""
 
     def one(path: str | Path) -> dict[str, np.ndarray]:
-        return readout(read_pages(path, sl, geometry.shape), table.iloc[sl], geometry, cal, n_rows)
+        return readout(read_patches(path, sl), table.iloc[sl], geometry, cal, n_rows)
 
     done = {name: pool.submit(one, path) for name, path in paths.items()} if pool else {}
     cols: dict[str, np.ndarray] = {}
@@ -404,7 +389,7 @@ def fused_readout(
 
     def one(step: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         idx, run_starts = step
-        fused, _ = leave_one_out_fusion(read_pages(raw_tif, idx, geometry.shape), run_starts)
+        fused, _ = leave_one_out_fusion(read_patches(raw_tif, idx), run_starts)
         return readout(fused, table.iloc[idx], geometry, cal, n_rows)["sc"]
 
     with ThreadPoolExecutor(max(1, int(threads))) as pool:  # results are one value a patch
@@ -549,7 +534,7 @@ def readout_pass(
     kept = _Kept.empty(len(table))
     files = []
     with Stack(stack_path) as stack, ThreadPoolExecutor(len(paths) + 1) as pool:
-        for k, sl in enumerate(_chunks(len(table), chunk_size)):
+        for k, sl in enumerate(chunk_slices(len(table), chunk_size)):
             out, extra = spectra_chunk(
                 table, sl, sc_fused, paths, stack, geometry, cal, camera, cfg, n_rows, pool
             )
