@@ -2,8 +2,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import srsmlm.spectra as spectra
 from srsmlm.errors import InputError
+from srsmlm.fusion import leave_one_out_fusion
 from srsmlm.geometry import Geometry
+from srsmlm.io import write_tif
 from srsmlm.patches import place_boxes
 from srsmlm.simulate import _render_frame
 from srsmlm.spectra import (
@@ -11,10 +14,12 @@ from srsmlm.spectra import (
     centroid,
     classify_dyes,
     fit_calibration,
+    fused_readout,
     gaussian_fit,
     precision_by_signal,
     profile_rows,
     readout,
+    spectral_profiles,
 )
 
 from .conftest import tiny_params
@@ -116,3 +121,215 @@ def test_precision_on_hand_built_table():
     out = precision_by_signal(df, {"sc_std": "sc"}, n_bins=2)
     assert out["runs"].tolist() == [1, 1]
     np.testing.assert_allclose(out["sc_std"], [2.0, 0.5])
+
+
+def _reference_gaussian_fit(profiles, wavelengths, iterations=30):
+    """The former gaussian_fit (batched NumPy, a fixed 30 iterations for every profile),
+    verbatim: the reference the compiled fit must reproduce."""
+    p = np.asarray(profiles, dtype=np.float64)
+    lam = np.asarray(wavelengths, dtype=np.float64)
+    n = len(p)
+    step = np.abs(lam[:, 1] - lam[:, 0])
+    c0 = np.percentile(p, 20, axis=1)
+    pos = np.clip(p - c0[:, None], 0, None)
+    tot = pos.sum(1)
+    mu0 = np.where(tot > 0, (pos * lam).sum(1) / np.where(tot > 0, tot, 1), lam.mean(1))
+    var0 = np.where(
+        tot > 0, (pos * (lam - mu0[:, None]) ** 2).sum(1) / np.where(tot > 0, tot, 1), 100.0
+    )
+    theta = np.column_stack(
+        [np.maximum(p.max(1) - c0, 1e-12), mu0, np.sqrt(np.clip(var0, 4 * step**2, None)), c0]
+    )
+    damping = np.full(n, 1e-2)
+
+    def model(t):
+        a, mu, s, c = (t[:, i : i + 1] for i in range(4))
+        g = np.exp(-((lam - mu) ** 2) / (2 * s**2))
+        return a * g + c, g
+
+    pred, g = model(theta)
+    cost = ((pred - p) ** 2).sum(1)
+    for _ in range(iterations):
+        a, mu, s = theta[:, 0:1], theta[:, 1:2], theta[:, 2:3]
+        jac = np.stack(
+            [g, a * g * (lam - mu) / s**2, a * g * (lam - mu) ** 2 / s**3, np.ones_like(g)], axis=2
+        )
+        r = p - pred
+        jtj = np.einsum("nwi,nwj->nij", jac, jac)
+        jtr = np.einsum("nwi,nw->ni", jac, r)
+        diag = np.einsum("nii->ni", jtj)
+        lhs = jtj + damping[:, None, None] * np.einsum("ni,ij->nij", diag + 1e-12, np.eye(4))
+        try:
+            delta = np.linalg.solve(lhs, jtr[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            delta = np.zeros_like(theta)
+        trial = theta + delta
+        trial[:, 2] = np.abs(trial[:, 2]) + 1e-9
+        tpred, tg = model(trial)
+        tcost = ((tpred - p) ** 2).sum(1)
+        better = np.isfinite(tcost) & (tcost < cost)
+        theta[better], pred[better], g[better], cost[better] = (
+            trial[better],
+            tpred[better],
+            tg[better],
+            tcost[better],
+        )
+        damping = np.where(better, damping / 3, damping * 4)
+    amp, centre, width, off = theta.T
+    bad = (amp <= 0) | (centre < lam.min(1)) | (centre > lam.max(1)) | (width > np.ptp(lam, axis=1))
+    out = {"centre": centre, "width": width, "amplitude": amp, "offset": off}
+    return {k: np.where(bad, np.nan, v) for k, v in out.items()}
+
+
+def _window(rng, n):
+    """Pixel-centre wavelengths of 48-px profiles at 2.06 nm/px (the spot's sub-pixel x random)."""
+    return 560 + (np.arange(48) + 0.5 - rng.uniform(0, 1, (n, 1))) * 2.06
+
+
+def _noisy_profiles(rng, n, photons=(300, 6000)):
+    """Raw-like profiles in the stage's units (counts / 2^16, background subtracted): Gaussian
+    spectra of sd 12-25 nm, ``photons`` spectral photons (log-uniform), 120 background photons/px,
+    Poisson noise. Returns profiles, wavelengths, photons."""
+    lam = _window(rng, n)
+    centre, sd = rng.uniform(575, 645, (n, 1)), rng.uniform(12, 25, (n, 1))
+    ph = np.exp(rng.uniform(*np.log(photons), (n, 1)))
+    mean = ph * 2.06 / (np.sqrt(2 * np.pi) * sd) * np.exp(-((lam - centre) ** 2) / (2 * sd**2))
+    return (rng.poisson(mean + 120) - 120.0) * 2 / 65536, lam, ph[:, 0]
+
+
+def test_gaussian_fit_recovers_noise_free_gaussians_exactly():
+    rng = np.random.default_rng(3)
+    n = 200
+    lam = _window(rng, n)
+    truth = np.column_stack(
+        [
+            np.exp(rng.uniform(np.log(1e-4), np.log(2.0), n)),  # patch units: dim raw to denoised
+            rng.uniform(570, 650, n),
+            rng.uniform(8, 30, n),
+            rng.uniform(-0.1, 0.1, n) * 1e-3,
+        ]
+    )
+    a, mu, s, c = (truth[:, i : i + 1] for i in range(4))
+    fit = gaussian_fit(a * np.exp(-((lam - mu) ** 2) / (2 * s**2)) + c, lam)
+    assert (fit["iterations"] < 30).all()  # converged, stopped early
+    np.testing.assert_allclose(fit["centre"], truth[:, 1], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(fit["width"], truth[:, 2], rtol=1e-9)
+    np.testing.assert_allclose(fit["amplitude"], truth[:, 0], rtol=1e-9)
+    assert (np.abs(fit["offset"] - truth[:, 3]) < 1e-9 * truth[:, 0]).all()
+
+
+def test_gaussian_fit_matches_former_implementation():
+    """Same NaN pattern and, to float round-off, the same fits as the former batched NumPy fit
+    with its fixed 30 iterations, on dim to bright noisy profiles and degenerate ones. The
+    least-squares minimum is itself only resolved to ~1e-7 standard errors in float64 (the
+    former fit moves its centres by about as much when a profile changes by one ulp), hence
+    1e-6 nm for bright profiles and a looser bound for the dim, broad ones."""
+    rng = np.random.default_rng(11)
+    p, lam, photons = _noisy_profiles(rng, 3000)
+    degenerate = np.stack(
+        [np.zeros(48), np.full(48, 1e-3), -np.ones(48) * 1e-3, np.eye(48)[20] * 1e-2]
+    )
+    p = np.concatenate([p, degenerate, rng.normal(0, 2e-4, (40, 48))])  # empty, flat, noise
+    lam = np.concatenate([lam, _window(rng, 44)])
+    photons = np.r_[photons, np.zeros(44)]
+    old, new = _reference_gaussian_fit(p, lam), gaussian_fit(p, lam)
+    for key in ("centre", "width", "amplitude", "offset"):
+        np.testing.assert_array_equal(np.isnan(new[key]), np.isnan(old["centre"]))
+    ok = np.isfinite(old["centre"])
+    assert ok[:3000].mean() > 0.95 and (~ok[3000:]).any()
+    converged = ok & (new["iterations"] < 30)
+    assert converged.mean() > 0.75
+    diff = np.abs(new["centre"] - old["centre"])[ok]
+    assert diff.max() < 2e-5 and np.median(diff) < 1e-8
+    bright = converged & (photons >= 2000)
+    assert bright.sum() > 1000
+    np.testing.assert_allclose(new["centre"][bright], old["centre"][bright], rtol=0, atol=1e-6)
+    for key in ("width", "amplitude"):
+        np.testing.assert_allclose(new[key][converged], old[key][converged], rtol=1e-5)
+    # every iteration (tolerance 0): the same fits as with the early stop
+    full = gaussian_fit(p, lam, tolerance=0)
+    assert (full["iterations"] == 30).all()
+    np.testing.assert_allclose(full["centre"][bright], new["centre"][bright], rtol=0, atol=1e-6)
+
+
+def test_gaussian_fit_on_denoised_like_smooth_profiles_matches_former():
+    rng = np.random.default_rng(5)
+    n = 1000
+    lam = _window(rng, n)
+    centre, sd = rng.uniform(575, 645, (n, 1)), rng.uniform(12, 25, (n, 1))
+    shape = np.exp(-((lam - centre) ** 2) / (2 * sd**2))
+    shape += rng.uniform(0, 0.3, (n, 1)) * np.roll(shape, 6, axis=1)  # a shoulder: not a Gaussian
+    p = rng.uniform(0.1, 2.0, (n, 1)) * shape / shape.max(1, keepdims=True)
+    old, new = _reference_gaussian_fit(p, lam), gaussian_fit(p, lam)
+    np.testing.assert_array_equal(np.isnan(new["centre"]), np.isnan(old["centre"]))
+    assert (new["iterations"] < 30).mean() > 0.95
+    np.testing.assert_allclose(new["centre"], old["centre"], rtol=0, atol=1e-6)
+
+
+def test_gaussian_fit_empty_input():
+    out = gaussian_fit(np.zeros((0, 48)), np.zeros((0, 48)))
+    assert all(len(v) == 0 for v in out.values())
+
+
+def test_readout_without_fit_skips_it_and_keeps_the_rest(monkeypatch):
+    rng = np.random.default_rng(2)
+    n = 30
+    patches = rng.poisson(30, (n, 16, 64)).astype(np.float32) / 65536
+    table = pd.DataFrame(
+        {
+            "x": rng.uniform(20, 40, n),
+            "y": rng.uniform(20, 40, n),
+            "spec_row0": np.full(n, 22),
+            "spec_col0": rng.integers(250, 260, n),
+        }
+    )
+    cal = Calibration(560.0, 2.06)
+    full = readout(patches, table, G, cal, n_rows=4)
+    monkeypatch.setattr(spectra, "gaussian_fit", _raise)
+    lean = readout(patches, table, G, cal, n_rows=4, fit=False)
+    assert set(lean) == {"sc", "sum", "background"}
+    for key in lean:
+        np.testing.assert_array_equal(lean[key], full[key])
+
+
+def _raise(*args, **kwargs):
+    raise AssertionError("the fused readout must not fit Gaussians")
+
+
+def test_fused_readout_unchanged_without_fit(tmp_path, monkeypatch):
+    """The fused centroid is the centroid of each run localization's leave-one-out fused patch
+    (NaN outside runs), in the table's order, computed without any Gaussian fit."""
+    rng = np.random.default_rng(4)
+    n = 60
+    cluster = np.r_[np.repeat([3, 1, 7], [12, 9, 20]), np.full(n - 41, -1)]
+    table = pd.DataFrame(
+        {
+            "cluster": cluster,
+            "frame": rng.permutation(n),
+            "x": rng.uniform(20, 40, n),
+            "y": rng.uniform(20, 40, n),
+            "spec_row0": np.full(n, 22),
+            "spec_col0": rng.integers(250, 260, n),
+        }
+    ).sample(frac=1, random_state=0)
+    table.index = np.arange(n) * 2  # not a range index
+    patches = (rng.poisson(30, (n, 16, 64)) / 65536).astype(np.float32)
+    patches[:, 6:10, 16 + 10 : 16 + 30] += 2e-3  # a spectrum in the profile rows
+    write_tif(patches, tmp_path / "raw.tif")
+    cal = Calibration(560.0, 2.06)
+    # the expected values, run by run
+    expected = np.full(n, np.nan)
+    for k in np.unique(cluster[cluster >= 0]):
+        rows = np.flatnonzero(table["cluster"].to_numpy() == k)
+        rows = rows[np.argsort(table["frame"].to_numpy()[rows])]
+        fused, _ = leave_one_out_fusion(patches[rows], np.array([0]))
+        sub = table.iloc[rows]
+        start = profile_rows(sub["y"].to_numpy(), sub["spec_row0"].to_numpy(), 4, G.height)
+        prof, _ = spectral_profiles(fused, G, start, 4)
+        cols = sub["spec_col0"].to_numpy()[:, None] + np.arange(48)[None, :] + 0.5
+        expected[rows] = centroid(prof, cal.wavelength(cols - sub["x"].to_numpy()[:, None], 230))
+    monkeypatch.setattr(spectra, "gaussian_fit", _raise)
+    for chunk, threads in ((8, 1), (1000, 2)):
+        sc = fused_readout(table, tmp_path / "raw.tif", G, cal, 4, chunk, threads)
+        assert sc.index.equals(table.index)
+        np.testing.assert_array_equal(sc.to_numpy(), expected)
