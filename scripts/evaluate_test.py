@@ -14,4 +14,5 @@ run_step(
     batch_size=snakemake.params.batch_size,
     metrics_json=snakemake.output.metrics,
     predictions_npz=snakemake.output.predictions,
+    nm_per_px=snakemake.params.nm_per_px,
 )

@@ -60,6 +60,26 @@ def test_evaluate_test_writes_metrics(tiny_model, tmp_path):
     assert m["n_test"] == 10 and m["raw_scaled"]["mse"] == pytest.approx(0.0, abs=1e-12)
     with np.load(tmp_path / "p.npz") as z:
         assert z["P"].shape == (10, 16, 64)
+    assert "spectral_shift_nm" not in m
+
+
+def test_spectral_shift_measures_a_known_shift():
+    from srsmlm.evaluation import spectral_shift
+
+    cols = np.arange(48) + 0.5
+    centres = np.linspace(10, 38, 30)
+    target = np.zeros((31, 16, 64), np.float32)  # the last one: a background patch (no spectrum)
+    pred = np.zeros_like(target)
+    rows = np.exp(-0.5 * ((np.arange(16) - 7.5) / 1.3) ** 2)[:, None]
+    for i, c in enumerate(centres):
+        target[i, :, 16:] = rows * np.exp(-0.5 * ((cols - c) / 4) ** 2)
+        pred[i, :, 16:] = rows * np.exp(-0.5 * ((cols - c - 0.25) / 4) ** 2)  # 0.25 px redder
+    out = spectral_shift(pred, target, G, nm_per_px=2.0)
+    assert out["n"] == 30 and out["failed_fits"] == 0
+    assert out["mean_nm"] == pytest.approx(0.5, abs=1e-6)
+    assert [b["n"] for b in out["by_position"]] == [10, 10, 10]
+    assert all(b["median_nm"] == pytest.approx(0.5, abs=1e-6) for b in out["by_position"])
+    assert out["by_position"][0]["target_from_nm"] == pytest.approx(20.0, abs=1e-6)
 
 
 def test_denoise_every_localization_in_order(tiny_model, tmp_path):

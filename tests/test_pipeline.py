@@ -151,6 +151,20 @@ def _planned_jobs(workdir) -> dict[str, int]:
             {"spectra", "evaluate", "plot_report"},
             {"train_unet", "denoise_acquisition", "extract_patches"},
         ),
+        (
+            "patches",
+            "target",
+            "sf_fusion",
+            {"extract_patches", "build_dataset", "train_unet", "spectra", "plot_report"},
+            {"simulate", "filter_localizations", "cluster_localizations"},
+        ),
+        (  # the model targets use the readout's fit settings
+            "spectra",
+            "min_fit_p",
+            0.01,
+            {"extract_patches", "train_unet", "spectra", "evaluate"},
+            {"simulate", "filter_localizations", "cluster_localizations"},
+        ),
     ],
 )
 def test_param_change_reruns_only_affected_stages(

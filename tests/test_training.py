@@ -11,8 +11,10 @@ keras = pytest.importorskip("keras")
 from srsmlm.model import ModelConfig  # noqa: E402
 from srsmlm.training import (  # noqa: E402
     TrainingConfig,
+    compiled_model,
     completed_epochs,
     epoch_order,
+    learning_rate,
     make_dataset,
     read_backup,
     train,
@@ -47,11 +49,16 @@ def tiny_data(tmp_path, n=96):
     return tmp_path / "train.npz", tmp_path / "index.csv"
 
 
-def run(tmp_path, out, epochs=2, callbacks=None, seed=3, patience=10, lr=1e-3):
+def run(tmp_path, out, epochs=2, callbacks=None, seed=3, patience=10, lr=1e-3, schedule="cosine"):
     npz, index = tiny_data(tmp_path)
     o = tmp_path / out
     cfg = TrainingConfig(
-        epochs=epochs, batch_size=16, validation_fraction=0.25, patience=patience, learning_rate=lr
+        epochs=epochs,
+        batch_size=16,
+        validation_fraction=0.25,
+        patience=patience,
+        learning_rate=lr,
+        schedule=schedule,
     )
     return train(
         npz,
@@ -99,19 +106,20 @@ class Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt("killed by the cluster")
 
 
-def test_resume_after_interruption_continues_epoch_count(tmp_path):
+@pytest.mark.parametrize("schedule", ["cosine", "plateau"])
+def test_resume_after_interruption_continues_epoch_count(tmp_path, schedule):
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, "r", epochs=4, callbacks=[Interrupt(2)], patience=1)
+        run(tmp_path, "r", epochs=4, callbacks=[Interrupt(2)], patience=1, schedule=schedule)
     o = tmp_path / "r"
     assert not (o / "unet.keras").exists()
     assert len(pd.read_csv(o / "checkpoint" / "history.csv")) == 2
-    meta = run(tmp_path, "r", epochs=4, patience=1)
+    meta = run(tmp_path, "r", epochs=4, patience=1, schedule=schedule)
     hist = pd.read_csv(o / "history.csv")
     # continued after epoch 2 (patience 1 may stop it early, as it would the uninterrupted one)
     assert hist["epoch"].tolist() == list(range(len(hist))) and len(hist) > 2
     assert meta["result"]["resumed"] is True and meta["result"]["epochs_run"] == len(hist)
     # the resumed training equals the uninterrupted one: same batches, LR schedule and weights
-    run(tmp_path, "u", epochs=4, patience=1)
+    run(tmp_path, "u", epochs=4, patience=1, schedule=schedule)
     ref = pd.read_csv(tmp_path / "u" / "history.csv")
     np.testing.assert_array_equal(
         hist[["loss", "val_loss", "learning_rate"]], ref[["loss", "val_loss", "learning_rate"]]
@@ -127,7 +135,7 @@ def weights(path):
 
 def test_backup_is_one_committed_state_per_epoch(tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, "k", epochs=3, callbacks=[Interrupt(2)])
+        run(tmp_path, "k", epochs=3, callbacks=[Interrupt(2)], schedule="plateau")
     ckpt = tmp_path / "k" / "checkpoint"
     assert completed_epochs(ckpt) == 2
     assert [f.name for f in (ckpt / "backup").glob("epoch-*.npz")] == ["epoch-2.npz"]
@@ -196,3 +204,27 @@ def test_same_seed_same_weights_on_cpu(tmp_path):
     w = {k: keras.models.load_model(tmp_path / k / "unet.keras").get_weights() for k in "abc"}
     assert all(np.array_equal(x, y) for x, y in zip(w["a"], w["b"], strict=True))
     assert not all(np.array_equal(x, y) for x, y in zip(w["a"], w["c"], strict=True))
+
+
+def test_learning_rate_schedules():
+    cfg = TrainingConfig(epochs=4, learning_rate=1e-3, min_lr=1e-4, warmup_epochs=1)
+    sched = learning_rate(cfg, 10)
+    lr = [float(keras.ops.convert_to_numpy(sched(step))) for step in range(41)]
+    assert lr[0] == pytest.approx(1e-5)
+    assert all(a < b for a, b in zip(lr[:10], lr[1:11], strict=True))  # warm-up rises
+    assert lr[10] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lr[10:40], lr[11:41], strict=True))  # then decays
+    assert lr[40] == pytest.approx(1e-4)
+    no_warmup = learning_rate(TrainingConfig(epochs=2, warmup_epochs=0), 5)
+    assert float(keras.ops.convert_to_numpy(no_warmup(0))) == pytest.approx(1e-3)
+    assert learning_rate(TrainingConfig(schedule="plateau", learning_rate=2e-3), 10) == 2e-3
+    with pytest.raises(ValueError, match="training.schedule 'step'"):
+        learning_rate(TrainingConfig(schedule="step"), 10)
+
+
+def test_gradients_are_clipped_to_the_global_norm():
+    model = compiled_model(G, TINY, TrainingConfig(clipnorm=0.5), 10)
+    assert model.optimizer.global_clipnorm == 0.5
+    assert (
+        compiled_model(G, TINY, TrainingConfig(clipnorm=None), 10).optimizer.global_clipnorm is None
+    )

@@ -11,6 +11,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
+from .geometry import Geometry
 from .io import write_csv, write_json
 from .mle import FLAGS
 
@@ -185,6 +186,48 @@ def molecule_errors(molecules: pd.DataFrame, matched: pd.DataFrame) -> pd.DataFr
     )
     m = molecules.join(truth, on=["acquisition", "cluster"], how="inner")
     return m.assign(error_nm=m["sc_nm"] - m["sc_true_nm"])
+
+
+def spectral_shift(
+    predicted: np.ndarray, target: np.ndarray, g: Geometry, nm_per_px: float, bins: int = 3
+) -> dict[str, Any]:
+    """The network's spectral bias on held-out patches: the least-squares Gaussian centre of
+    each prediction's spectral profile (all rows summed) minus that of its target (nm), for
+    patches whose target holds a spectrum; overall and by thirds (``bins``) of the target's
+    centre along the box (blue to red). Needs no truth, so it is reported for every model."""
+    from .spectra import gaussian_fit
+
+    spec = np.s_[:, :, g.loc_width :]
+    has = np.asarray(target)[spec].max(axis=(1, 2)) > 0
+    lam = np.broadcast_to(
+        (np.arange(g.spectral_width) + 0.5) * nm_per_px, (int(has.sum()), g.spectral_width)
+    )
+    fit_t = gaussian_fit(np.asarray(target)[spec][has].sum(axis=1), lam)["centre"]
+    fit_p = gaussian_fit(np.asarray(predicted)[spec][has].sum(axis=1), lam)["centre"]
+    shift = fit_p - fit_t
+    ok = np.isfinite(shift)
+    out: dict[str, Any] = {
+        "n": int(ok.sum()),
+        "failed_fits": int((~ok).sum()),
+        "mean_nm": float(np.mean(shift[ok])) if ok.any() else float("nan"),
+        "median_nm": float(np.median(shift[ok])) if ok.any() else float("nan"),
+        "by_position": [],
+    }
+    if ok.sum() >= bins:
+        edges = np.quantile(fit_t[ok], np.linspace(0, 1, bins + 1))
+        which = np.clip(np.searchsorted(edges, fit_t[ok], side="right") - 1, 0, bins - 1)
+        for b in range(bins):
+            sel = shift[ok][which == b]
+            out["by_position"].append(
+                {
+                    "target_from_nm": float(edges[b]),
+                    "target_to_nm": float(edges[b + 1]),
+                    "n": int(len(sel)),
+                    "mean_nm": float(sel.mean()) if len(sel) else float("nan"),
+                    "median_nm": float(np.median(sel)) if len(sel) else float("nan"),
+                }
+            )
+    return out
 
 
 def evaluate(

@@ -57,10 +57,14 @@ def evaluate_test(
     batch_size: int,
     metrics_json: str | Path,
     predictions_npz: str | Path,
+    nm_per_px: float | None = None,
 ) -> dict[str, Any]:
     """MSE and PSNR of the network on the test set, next to the raw input scaled to the
-    target's range; writes the metrics and the predictions (``X``, ``Y``, ``P``)."""
+    target's range, and (given ``nm_per_px``) the network's spectral shift against the targets
+    (:func:`srsmlm.evaluation.spectral_shift`); writes the metrics and the predictions (``X``,
+    ``Y``, ``P``)."""
     from .dataset import save_npz
+    from .evaluation import spectral_shift
 
     model = load_model(model_path, meta_path, geometry)
     with np.load(test_npz) as z:
@@ -77,6 +81,16 @@ def evaluate_test(
         "psnr_peak": peak,
     }
     metrics["network_beats_raw"] = metrics["network"]["mse"] < metrics["raw_scaled"]["mse"]
+    if nm_per_px is not None:
+        metrics["spectral_shift_nm"] = shift = spectral_shift(pred, y, geometry, nm_per_px)
+        log.info(
+            "spectral shift of the network against its targets (%d test patches): mean %+.2f nm, "
+            "median %+.2f nm; by target position %s",
+            shift["n"],
+            shift["mean_nm"],
+            shift["median_nm"],
+            [round(b["median_nm"], 2) for b in shift["by_position"]],
+        )
     log.info(
         "test set (%d patches): network MSE %.3g / PSNR %.2f dB; raw scaled MSE %.3g / PSNR %.2f dB",
         len(x),

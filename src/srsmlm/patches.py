@@ -9,12 +9,14 @@ stays bounded whatever the acquisition size.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -32,7 +34,14 @@ from .io import PatchSpool, prefetch, spool_dir, write_csv
 from .seeds import acquisition_seed
 from .stack import NORMALISATION, Stack
 
+if TYPE_CHECKING:  # the model targets' fit (Numba) is imported only when used
+    from .targets import TargetModel
+
 log = logging.getLogger(__name__)
+
+
+#: the clean targets ``patches.target`` may name
+TARGETS = ("sf_fusion", "model")
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,8 @@ class PatchParams:
     background_patches: int = 0
     target_max: float | None = 1.0
     chunk_size: int = 2048
+    target: str = "sf_fusion"
+    target_max_crlb_nm: float = 1.5
 
     @classmethod
     def from_config(cls, section: dict) -> PatchParams:
@@ -144,6 +155,48 @@ def run_targets(
     sf_target = spatial_frequency(target)
     target = limit_range(target, p.target_max).astype(np.float32, copy=False)
     return target, sf_raw, sf_target
+
+
+def model_run_targets(
+    stack: Stack,
+    runs: pd.DataFrame,
+    boxes: Boxes,
+    raw: np.ndarray,
+    run_starts: np.ndarray,
+    g: Geometry,
+    p: PatchParams,
+    tm: TargetModel,
+    threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame]:
+    """Model targets (:mod:`srsmlm.targets`) for runs of raw patches cut at ``boxes``, through
+    the same normalisation, top-hat and range limit as the SF targets. Returns (target, sf_raw,
+    sf_target, fits) where ``fits`` holds the leave-one-out fit per patch (``has_target``: the
+    other usable frames of the run were fitted, converged, and place the centre to within
+    ``p.target_max_crlb_nm``, the CRLB of their joint fit)."""
+    from .targets import leave_one_out_fits, render_targets
+
+    fits = leave_one_out_fits(stack, runs, run_starts, g, tm)
+    fits["has_target"] = (
+        fits["converged"].to_numpy()
+        & (fits["n_others"].to_numpy() > 0)
+        & (fits["crlb_nm"].to_numpy() <= p.target_max_crlb_nm)
+    )
+    ok = fits["has_target"].to_numpy()
+    rendered = np.zeros(raw.shape, dtype=np.float32)
+    rendered[ok] = render_targets(
+        runs["x"].to_numpy()[ok],
+        runs["y"].to_numpy()[ok],
+        fits["distance_px"].to_numpy()[ok],
+        fits["width_px"].to_numpy()[ok],
+        (boxes.loc_row0[ok], boxes.loc_col0[ok]),
+        (boxes.spec_row0[ok], boxes.spec_col0[ok]),
+        g,
+        tm.readout.settings.sigma_y,
+    )
+    target = clean_target(rendered, g, p.amp_factor, p.tophat_radius, threads)
+    sf_target = spatial_frequency(target)
+    target = limit_range(target, p.target_max).astype(np.float32, copy=False)
+    return target, spatial_frequency(raw), sf_target, fits
 
 
 def _run_starts(run_ids: np.ndarray) -> np.ndarray:
@@ -243,6 +296,255 @@ def background_boxes(
     return place_boxes(f0, bx, by, g), group
 
 
+@dataclass
+class RunPlan:
+    """The runs of an acquisition and their boxes: ``runs`` sorted by run and frame, each run's
+    first row (``starts``), the run of every row, the per-run jitter draws, every row's boxes,
+    and the runs whose boxes all lie in the frame, in order of their first frame."""
+
+    runs: pd.DataFrame
+    starts: np.ndarray
+    run_index: np.ndarray
+    jitter: dict[str, np.ndarray]
+    boxes: Boxes
+    kept_runs: np.ndarray
+
+
+def plan_runs(
+    runs: pd.DataFrame,
+    frame_shape: tuple[int, int],
+    g: Geometry,
+    p: PatchParams,
+    rng: np.random.Generator,
+    counts: dict[str, int],
+) -> RunPlan:
+    """Place every run's boxes (one candidate pixel per run: the median of its localizations'
+    pixels, plus the run's jitter draws) and keep the runs whose boxes are all in the frame."""
+    runs = runs.sort_values(["cluster", "frame"], kind="stable").reset_index(drop=True)
+    starts = _run_starts(runs["cluster"].to_numpy())
+    n_runs = len(starts)
+    med = runs.groupby("cluster", sort=True)[["pixel_x", "pixel_y"]].median()
+    run_px = np.floor(med["pixel_x"].to_numpy()).astype(np.int64)
+    run_py = np.floor(med["pixel_y"].to_numpy()).astype(np.int64)
+    jit = run_jitter(n_runs, p, rng)
+    run_index = np.repeat(np.arange(n_runs), np.diff(np.append(starts, len(runs))))
+    boxes = place_boxes(
+        runs["frame"].to_numpy(),
+        run_px[run_index],
+        run_py[run_index],
+        g,
+        jit["offset_jitter"][run_index],
+        jit["row_jitter"][run_index],
+        jit["shift_x"][run_index],
+        jit["shift_y"][run_index],
+    )
+    inside = boxes.inside(g, frame_shape)
+    # a run is usable only if all its boxes are inside (they share one position)
+    run_inside = np.logical_and.reduceat(inside, starts) if n_runs else np.zeros(0, bool)
+    counts["runs"] = n_runs
+    counts["runs_outside_frame"] = int((~run_inside).sum())
+    if counts["runs_outside_frame"]:
+        log.info(
+            "%d of %d runs skipped: their boxes leave the frame",
+            counts["runs_outside_frame"],
+            n_runs,
+        )
+    kept = np.flatnonzero(run_inside)
+    # runs in order of their first frame, so each chunk reads a compact frame range
+    kept = kept[np.argsort(runs["frame"].to_numpy()[starts[kept]], kind="stable")]
+    return RunPlan(runs, starts, run_index, jit, boxes, kept)
+
+
+def signal_patches(
+    stack: Stack,
+    plan: RunPlan,
+    g: Geometry,
+    p: PatchParams,
+    spool: PatchSpool,
+    counts: dict[str, int],
+    threads: int = 1,
+    target_model: TargetModel | None = None,
+) -> list[pd.DataFrame]:
+    """Cut the runs' patches chunk by chunk, build their targets (``p.target``), keep frames
+    by the SF-ratio rule and brightness, spool the kept patches; returns their table rows."""
+    runs, starts = plan.runs, plan.starts
+    counts.update(dropped_ratio=0, dropped_dim=0, dropped_no_target=0, signal_patches=0)
+    rows: list[pd.DataFrame] = []
+
+    def read_chunk(chunk: np.ndarray) -> tuple[np.ndarray, Boxes, np.ndarray]:
+        idx = np.concatenate([np.arange(starts[r], _run_end(starts, r, len(runs))) for r in chunk])
+        sub = plan.boxes.subset(idx)
+        return idx, sub, extract_patches(stack, sub, g)
+
+    # the next chunk is read while this one is computed; the model targets' fits read the
+    # stack through a handle of their own (one file position per thread)
+    chunks = _chunks(plan.kept_runs, starts, len(runs), p.chunk_size)
+    with contextlib.ExitStack() as handles:
+        fit_stack = handles.enter_context(Stack(stack.path)) if p.target == "model" else stack
+        for _, (idx, sub, raw) in prefetch(chunks, read_chunk):
+            rows.append(
+                _chunk_patches(
+                    fit_stack, plan, idx, sub, raw, g, p, spool, counts, threads, target_model
+                )
+            )
+    log.info(
+        "signal patches (%s targets): %d frames in %d usable runs; %d without a target (no other "
+        "usable frame in the run), %d dropped by the SF-ratio rule, %d dropped as dim (loc max < "
+        "min_loc_max=%s); %d kept",
+        p.target,
+        len(runs),
+        len(plan.kept_runs),
+        counts["dropped_no_target"],
+        counts["dropped_ratio"],
+        counts["dropped_dim"],
+        p.min_loc_max,
+        counts["signal_patches"],
+    )
+    return rows
+
+
+def _chunk_patches(
+    stack: Stack,
+    plan: RunPlan,
+    idx: np.ndarray,
+    sub: Boxes,
+    raw: np.ndarray,
+    g: Geometry,
+    p: PatchParams,
+    spool: PatchSpool,
+    counts: dict[str, int],
+    threads: int,
+    target_model: TargetModel | None,
+) -> pd.DataFrame:
+    """Targets, frame selection and spooling of one chunk of whole runs (rows ``idx`` of the
+    plan, boxes ``sub``, raw patches ``raw``); returns the kept patches' table rows."""
+    runs = plan.runs
+    cstarts = _run_starts(runs["cluster"].to_numpy()[idx])
+    extra: dict[str, np.ndarray] = {}
+    has_target = np.ones(len(idx), dtype=bool)
+    if p.target == "model":
+        if target_model is None:
+            raise ValueError("patches.target 'model' needs a TargetModel")
+        target, sf_raw, sf_target, fits = model_run_targets(
+            stack, runs.iloc[idx], sub, raw, cstarts, g, p, target_model, threads
+        )
+        has_target = fits["has_target"].to_numpy()
+        extra = _target_columns(fits, g, target_model)
+    else:
+        target, sf_raw, sf_target = run_targets(raw, cstarts, g, p, threads)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = sf_target / sf_raw
+    keep = has_target.copy()
+    counts["dropped_no_target"] += int((~keep).sum())
+    selected = select_frames(np.where(has_target, ratio, np.nan), cstarts)
+    counts["dropped_ratio"] += int((keep & ~selected).sum())
+    keep &= selected
+    bright = raw[:, :, : g.loc_width].max(axis=(1, 2)) >= p.min_loc_max
+    counts["dropped_dim"] += int((keep & ~bright).sum())
+    keep &= bright
+    spool.add(raw=raw[keep], clean=target[keep])
+    r_of = plan.run_index[idx[keep]]
+    table = runs.iloc[idx[keep]].assign(
+        loc_row0=sub.loc_row0[keep],
+        loc_col0=sub.loc_col0[keep],
+        spec_row0=sub.spec_row0[keep],
+        spec_col0=sub.spec_col0[keep],
+        offset_jitter=plan.jitter["offset_jitter"][r_of],
+        sf_raw=sf_raw[keep],
+        sf_target=sf_target[keep],
+        sf_ratio=ratio[keep],
+        kind="signal",
+        **{k: v[keep] for k, v in extra.items()},
+    )
+    counts["signal_patches"] += int(keep.sum())
+    return table.drop(columns="crowded", errors="ignore")
+
+
+def _target_columns(fits: pd.DataFrame, g: Geometry, tm: TargetModel) -> dict[str, np.ndarray]:
+    """patches.csv columns of the model targets: the target's spectral centre and width (nm),
+    the frames its fit used, and the frame's own single-frame flag."""
+    return {
+        "target_nm": tm.cal.wavelength(fits["distance_px"].to_numpy(), g.spectral_offset),
+        "target_width_nm": fits["width_px"].to_numpy() * tm.readout.nm_per_px,
+        "target_frames": fits["n_others"].to_numpy(),
+        "target_crlb_nm": fits["crlb_nm"].to_numpy(),
+        "target_p_fit": fits["p_fit"].to_numpy(),
+        "mle_flag": fits["flag"].to_numpy(),
+    }
+
+
+def molecule_free_patches(
+    locs: pd.DataFrame,
+    stack: Stack,
+    g: Geometry,
+    p: PatchParams,
+    rng: np.random.Generator,
+    min_run_length: int,
+    spool: PatchSpool,
+    threads: int = 1,
+) -> pd.DataFrame | None:
+    """``p.background_patches`` molecule-free patches and their targets (SF targets of the
+    fused noise, or zeros for model targets: no molecule), spooled; returns their table rows."""
+    bboxes, group = background_boxes(locs, stack, g, p.background_patches, min_run_length, rng)
+    if not len(group):
+        return None
+    raw = extract_patches(stack, bboxes, g)
+    target, sf_raw, sf_target = run_targets(raw, _run_starts(group), g, p, threads)
+    if p.target == "model":
+        target = np.zeros_like(target)
+        sf_target = np.zeros_like(sf_target)
+    n = min(p.background_patches, len(raw))
+    spool.add(raw=raw[:n], clean=target[:n])
+    return pd.DataFrame(
+        {
+            "frame": bboxes.frame[:n],
+            "cluster": -1 - group[:n],
+            "x": bboxes.loc_col0[:n] + g.half_loc_width + 0.5,
+            "y": bboxes.loc_row0[:n] + g.half_height + 0.5,
+            "pixel_x": bboxes.loc_col0[:n] + g.half_loc_width,
+            "pixel_y": bboxes.loc_row0[:n] + g.half_height,
+            "loc_row0": bboxes.loc_row0[:n],
+            "loc_col0": bboxes.loc_col0[:n],
+            "spec_row0": bboxes.spec_row0[:n],
+            "spec_col0": bboxes.spec_col0[:n],
+            "offset_jitter": 0,
+            "sf_raw": sf_raw[:n],
+            "sf_target": sf_target[:n],
+            "sf_ratio": sf_target[:n] / np.where(sf_raw[:n] > 0, sf_raw[:n], np.nan),
+            "kind": "background",
+        }
+    )
+
+
+#: the first columns of patches.csv (the localization table's own columns follow)
+TABLE_FRONT = (
+    "acquisition",
+    "cluster",
+    "frame",
+    "x",
+    "y",
+    "signal",
+    "pixel_x",
+    "pixel_y",
+    "loc_row0",
+    "loc_col0",
+    "spec_row0",
+    "spec_col0",
+    "offset_jitter",
+    "sf_raw",
+    "sf_target",
+    "sf_ratio",
+    "kind",
+)
+
+
+def patch_table(rows: list[pd.DataFrame], acquisition: str) -> pd.DataFrame:
+    table = pd.concat(rows, ignore_index=True)
+    table.insert(0, "acquisition", acquisition)
+    front = [c for c in TABLE_FRONT if c in table.columns]
+    return table[front + [c for c in table.columns if c not in front]]
+
+
 def prepare_patches(
     clusters_path: str | Path,
     localizations_path: str | Path,
@@ -256,141 +558,45 @@ def prepare_patches(
     clean_tif: str | Path,
     table_csv: str | Path,
     threads: int = 1,
+    target_model: TargetModel | None = None,
 ) -> dict[str, int]:
     """The whole patch stage for one acquisition; writes raw.tif, clean.tif and patches.csv.
-    ``threads`` share the top-hat filtering (same result for any number)."""
+    ``threads`` share the top-hat filtering (same result for any number). ``target_model`` is
+    needed for ``params.target == "model"``."""
     g, p = geometry, params
+    if p.target not in TARGETS:
+        raise ValueError(f"patches.target {p.target!r}: use one of {', '.join(TARGETS)}")
     runs = pd.read_csv(clusters_path)
-    runs = runs.sort_values(["cluster", "frame"], kind="stable").reset_index(drop=True)
-    rng = acquisition_seed(seed, acquisition, "patches")
     counts: dict[str, int] = {"localizations_in_runs": len(runs)}
+    locs = None
+    if p.target == "model" or p.background_patches > 0:
+        locs = pd.read_csv(localizations_path, usecols=["frame", "x", "y", "pixel_x", "pixel_y"])
+    if p.target == "model":
+        from .targets import crowded_localizations
+
+        if target_model is None:
+            raise ValueError("patches.target 'model' needs a TargetModel")
+        crowd = crowded_localizations(locs, g, target_model.readout)
+        runs["crowded"] = crowd[runs["localization_index"].to_numpy()]
     with Stack(stack_path) as stack:
         check_geometry_fits(g, stack.frame_shape, stack_path)
         check_inside_stack(runs, stack, clusters_path)
-        run_ids = runs["cluster"].to_numpy()
-        starts = _run_starts(run_ids)
-        n_runs = len(starts)
-        # one candidate pixel per run: the median of its localizations' pixels
-        med = runs.groupby("cluster", sort=True)[["pixel_x", "pixel_y"]].median()
-        run_px = np.floor(med["pixel_x"].to_numpy()).astype(np.int64)
-        run_py = np.floor(med["pixel_y"].to_numpy()).astype(np.int64)
-        jit = run_jitter(n_runs, p, rng)
-        run_index = np.repeat(np.arange(n_runs), np.diff(np.append(starts, len(runs))))
-        boxes = place_boxes(
-            runs["frame"].to_numpy(),
-            run_px[run_index],
-            run_py[run_index],
-            g,
-            jit["offset_jitter"][run_index],
-            jit["row_jitter"][run_index],
-            jit["shift_x"][run_index],
-            jit["shift_y"][run_index],
+        plan = plan_runs(
+            runs, stack.frame_shape, g, p, acquisition_seed(seed, acquisition, "patches"), counts
         )
-        inside = boxes.inside(g, stack.frame_shape)
-        # a run is usable only if all its boxes are inside (they share one position)
-        run_inside = np.logical_and.reduceat(inside, starts) if n_runs else np.zeros(0, bool)
-        counts["runs"] = n_runs
-        counts["runs_outside_frame"] = int((~run_inside).sum())
-        if counts["runs_outside_frame"]:
-            log.info(
-                "%d of %d runs skipped: their boxes leave the frame",
-                counts["runs_outside_frame"],
-                n_runs,
-            )
         tmpdir = spool_dir(raw_tif)
         spool = PatchSpool(tmpdir, ("raw", "clean"))
-        rows: list[pd.DataFrame] = []
         try:
-            kept_runs = np.flatnonzero(run_inside)
-            # runs in order of their first frame, so each chunk reads a compact frame range
-            first = runs["frame"].to_numpy()[starts[kept_runs]]
-            kept_runs = kept_runs[np.argsort(first, kind="stable")]
-            counts.update(dropped_ratio=0, dropped_dim=0, signal_patches=0)
-
-            def read_chunk(chunk: np.ndarray) -> tuple[np.ndarray, Boxes, np.ndarray]:
-                idx = np.concatenate(
-                    [np.arange(starts[r], _run_end(starts, r, len(runs))) for r in chunk]
-                )
-                sub = boxes.subset(idx)
-                return idx, sub, extract_patches(stack, sub, g)
-
-            # the next chunk is read while this one is computed
-            chunks = _chunks(kept_runs, starts, len(runs), p.chunk_size)
-            for _, (idx, sub, raw) in prefetch(chunks, read_chunk):
-                cstarts = _run_starts(run_ids[idx])
-                target, sf_raw, sf_target = run_targets(raw, cstarts, g, p, threads)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    ratio = sf_target / sf_raw
-                keep = select_frames(ratio, cstarts)
-                counts["dropped_ratio"] += int((~keep).sum())
-                bright = raw[:, :, : g.loc_width].max(axis=(1, 2)) >= p.min_loc_max
-                counts["dropped_dim"] += int((keep & ~bright).sum())
-                keep &= bright
-                spool.add(raw=raw[keep], clean=target[keep])
-                table = runs.iloc[idx[keep]].copy()
-                r_of = run_index[idx[keep]]
-                table = table.assign(
-                    loc_row0=sub.loc_row0[keep],
-                    loc_col0=sub.loc_col0[keep],
-                    spec_row0=sub.spec_row0[keep],
-                    spec_col0=sub.spec_col0[keep],
-                    offset_jitter=jit["offset_jitter"][r_of],
-                    sf_raw=sf_raw[keep],
-                    sf_target=sf_target[keep],
-                    sf_ratio=ratio[keep],
-                    kind="signal",
-                )
-                rows.append(table)
-                counts["signal_patches"] += int(keep.sum())
-            log.info(
-                "signal patches: %d frames in %d usable runs; %d dropped by the SF-ratio rule, "
-                "%d dropped as dim (loc max < min_loc_max=%s); %d kept",
-                len(runs),
-                len(kept_runs),
-                counts["dropped_ratio"],
-                counts["dropped_dim"],
-                p.min_loc_max,
-                counts["signal_patches"],
-            )
+            rows = signal_patches(stack, plan, g, p, spool, counts, threads, target_model)
             counts["background_patches"] = 0
             if p.background_patches > 0:
-                locs = pd.read_csv(localizations_path, usecols=["frame", "pixel_x", "pixel_y"])
-                bboxes, group = background_boxes(
-                    locs,
-                    stack,
-                    g,
-                    p.background_patches,
-                    min_run_length,
-                    acquisition_seed(seed, acquisition, "background"),
+                bg_rng = acquisition_seed(seed, acquisition, "background")
+                bg = molecule_free_patches(
+                    locs, stack, g, p, bg_rng, min_run_length, spool, threads
                 )
-                if len(group):
-                    raw = extract_patches(stack, bboxes, g)
-                    target, sf_raw, sf_target = run_targets(raw, _run_starts(group), g, p, threads)
-                    n = min(p.background_patches, len(raw))
-                    spool.add(raw=raw[:n], clean=target[:n])
-                    rows.append(
-                        pd.DataFrame(
-                            {
-                                "frame": bboxes.frame[:n],
-                                "cluster": -1 - group[:n],
-                                "x": bboxes.loc_col0[:n] + g.half_loc_width + 0.5,
-                                "y": bboxes.loc_row0[:n] + g.half_height + 0.5,
-                                "pixel_x": bboxes.loc_col0[:n] + g.half_loc_width,
-                                "pixel_y": bboxes.loc_row0[:n] + g.half_height,
-                                "loc_row0": bboxes.loc_row0[:n],
-                                "loc_col0": bboxes.loc_col0[:n],
-                                "spec_row0": bboxes.spec_row0[:n],
-                                "spec_col0": bboxes.spec_col0[:n],
-                                "offset_jitter": 0,
-                                "sf_raw": sf_raw[:n],
-                                "sf_target": sf_target[:n],
-                                "sf_ratio": sf_target[:n]
-                                / np.where(sf_raw[:n] > 0, sf_raw[:n], np.nan),
-                                "kind": "background",
-                            }
-                        )
-                    )
-                    counts["background_patches"] = n
+                if bg is not None:
+                    rows.append(bg)
+                    counts["background_patches"] = len(bg)
                 log.info(
                     "background patches: %d (asked %d)",
                     counts["background_patches"],
@@ -400,33 +606,12 @@ def prepare_patches(
                 raise InputError(
                     clusters_path,
                     f"no patch left after the thresholds ({counts['runs']} runs, "
-                    f"{counts['runs_outside_frame']} outside the frame, {counts['dropped_ratio']} "
+                    f"{counts['runs_outside_frame']} outside the frame, "
+                    f"{counts['dropped_no_target']} without a target, {counts['dropped_ratio']} "
                     f"frames dropped by the SF ratio, {counts['dropped_dim']} as dim)",
                     "lower patches.min_loc_max in config/config.yaml (it depends on the camera)",
                 )
-            table = pd.concat(rows, ignore_index=True)
-            table.insert(0, "acquisition", acquisition)
-            front = [
-                "acquisition",
-                "cluster",
-                "frame",
-                "x",
-                "y",
-                "signal",
-                "pixel_x",
-                "pixel_y",
-                "loc_row0",
-                "loc_col0",
-                "spec_row0",
-                "spec_col0",
-                "offset_jitter",
-                "sf_raw",
-                "sf_target",
-                "sf_ratio",
-                "kind",
-            ]
-            front = [c for c in front if c in table.columns]
-            table = table[front + [c for c in table.columns if c not in front]]
+            table = patch_table(rows, acquisition)
             # the table is formatted while the TIFFs are written (file writes release the GIL)
             with ThreadPoolExecutor(1) as pool:
                 csv_done = pool.submit(write_csv, table, table_csv)

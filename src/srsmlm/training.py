@@ -59,6 +59,9 @@ class TrainingConfig:
     min_lr: float = 1e-4
     jit_compile: bool = True
     deterministic_ops: bool = False
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    clipnorm: float | None = 1.0
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> TrainingConfig:
@@ -383,13 +386,37 @@ def split_validation(
     return fit_idx, val_idx
 
 
+def learning_rate(training: TrainingConfig, steps_per_epoch: int) -> Any:
+    """The optimizer's learning rate: ``cosine``: a linear warm-up over ``warmup_epochs`` to
+    ``learning_rate``, then a cosine decay to ``min_lr`` at the last epoch (a function of the
+    step count, so a resumed training follows it exactly); ``plateau``: the constant
+    ``learning_rate`` that ReduceLROnPlateau lowers (:func:`run_epochs`)."""
+    if training.schedule == "plateau":
+        return training.learning_rate
+    if training.schedule != "cosine":
+        raise ValueError(f"training.schedule {training.schedule!r}: use cosine or plateau")
+    total = max(1, training.epochs * steps_per_epoch)
+    warmup = min(total - 1, int(round(training.warmup_epochs * steps_per_epoch)))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=training.learning_rate / 100 if warmup else training.learning_rate,
+        decay_steps=total - warmup,
+        alpha=min(1.0, training.min_lr / training.learning_rate),
+        warmup_target=training.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
 def compiled_model(
-    geometry: Geometry, model_config: ModelConfig, training: TrainingConfig
+    geometry: Geometry, model_config: ModelConfig, training: TrainingConfig, steps_per_epoch: int
 ) -> keras.Model:
-    """The U-Net with its Adam optimizer (built, so a backup's state can be loaded) and MSE."""
+    """The U-Net with its Adam optimizer (built, so a backup's state can be loaded) and MSE;
+    gradients clipped to a global norm of ``training.clipnorm`` (None: not clipped)."""
     model = build_unet(geometry, model_config)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=training.learning_rate),
+        optimizer=keras.optimizers.Adam(
+            learning_rate=learning_rate(training, steps_per_epoch),
+            global_clipnorm=training.clipnorm,
+        ),
         loss="mse",
         jit_compile=training.jit_compile,
     )
@@ -462,17 +489,21 @@ def run_epochs(
     early = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=training.patience, restore_best_weights=True, verbose=0
     )
-    plateau = keras.callbacks.ReduceLROnPlateau(
-        monitor="val_loss",
-        factor=training.lr_factor,
-        patience=training.patience,
-        min_lr=training.min_lr,
-    )
-    checkpoint = _EpochCheckpoint(checkpoint_dir / BACKUP, [early, plateau], backup, fingerprint)
+    schedule: list[keras.callbacks.Callback] = []
+    if training.schedule == "plateau":  # else the optimizer's own schedule
+        schedule.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss",
+                factor=training.lr_factor,
+                patience=training.patience,
+                min_lr=training.min_lr,
+            )
+        )
+    checkpoint = _EpochCheckpoint(checkpoint_dir / BACKUP, [early, *schedule], backup, fingerprint)
     # order matters: the schedule, then the epoch's history row, then the commit
     callbacks = [
         early,
-        plateau,
+        *schedule,
         _EpochLog(checkpoint_dir / LIVE_HISTORY, len(fit_idx)),
         checkpoint,
         *extra_callbacks,
@@ -585,7 +616,9 @@ def train(
     fit_idx, val_idx = split_validation(groups, training, seed, train_npz)
     # one TensorFlow copy of the patches, shared by the training and validation batches
     x, y = tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(y, tf.float32)
-    model = compiled_model(geometry, model_config, training)
+    model = compiled_model(
+        geometry, model_config, training, math.ceil(len(fit_idx) / training.batch_size)
+    )
     checkpoint_dir = Path(checkpoint_dir)
     fingerprint = _as_json(
         {

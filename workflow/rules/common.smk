@@ -6,6 +6,7 @@ from snakemake.utils import validate
 from srsmlm.errors import InputError
 from srsmlm.sheet import load_sheet, names_with_role
 from srsmlm.stack import NORMALISATION
+from srsmlm.targets import SPECTRA_KEYS as TARGET_SPECTRA_KEYS
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
@@ -46,6 +47,15 @@ def final_outputs():
             outputs += ["results/report/summary.json"]
         outputs += evaluation_metrics()
     return outputs
+
+
+def target_model_config():
+    """The config the model targets read (camera: and the fit keys of spectra:), only when
+    patches.target is model: other changes there do not rerun the patch stage."""
+    if config["patches"]["target"] != "model":
+        return None
+    spectra = {key: config["spectra"][key] for key in TARGET_SPECTRA_KEYS}
+    return {"spectra": spectra, "camera": config["camera"]}
 
 
 def acquisition(wildcards):

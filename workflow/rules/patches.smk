@@ -21,6 +21,7 @@ rule extract_patches:
         patches=config["patches"],
         min_run_length=config["clustering"]["min_run_length"],
         seed=config["seed"],
+        target_model=target_model_config(),
     script:
         "../../scripts/extract_patches.py"
 

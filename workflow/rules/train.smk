@@ -48,6 +48,7 @@ rule evaluate_test:
     params:
         geometry=config["geometry"],
         batch_size=config["inference"]["batch_size"],
+        nm_per_px=config["spectra"]["nm_per_px"],
     script:
         "../../scripts/evaluate_test.py"
 

@@ -1,0 +1,219 @@
+"""Model targets: each frame's clean target is the noise-free image of the joint
+maximum-likelihood fit of the *other* frames of its run.
+
+For frame i of a run, the frames of the run that a molecule's estimate may use (single-frame
+fit flagged "" or only ``dim``, see :data:`srsmlm.readout.MOLECULE_FLAGS`), except i itself,
+are fitted jointly on raw counts (shared spectral centre and width, own photons, row and
+background; :func:`srsmlm.mle.fit_boxes` with groups). The fitted spectrum is then drawn without
+background at frame i's own localization: the spot as a pixel-integrated Gaussian of the PSF
+width at (x_i, y_i), the spectrum at x_i plus the run's spectral distance (fitted centre minus
+the mean x of the frames fitted) and row y_i. Each part is later divided by its own maximum
+(:func:`srsmlm.fusion.clean_target`), so photon counts do not enter the target. Frame i's pixels
+never enter its own target; where no other frame of the run is usable, the frame has no target.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .geometry import Geometry
+from .mle import Camera, box_model, fit_boxes
+from .readout import MOLECULE_FLAGS, ReadoutConfig, crowded, mle_readout, readout_boxes
+from .spectra import Calibration, calibration_from_config
+from .stack import Stack
+
+log = logging.getLogger(__name__)
+
+#: the ``spectra:`` keys the model targets read (the readout's fit settings and calibration):
+#: the patch stage depends on these alone, so other ``spectra:`` changes do not rerun it
+SPECTRA_KEYS = (
+    "nm_per_px",
+    "wavelength_at_offset_nm",
+    "calibration_table",
+    "psf_sigma_px",
+    "readout_rows",
+    "readout_margin_px",
+    "width_nm",
+    "width_bounds_nm",
+    "width_start_nm",
+    "mle_max_iterations",
+    "min_fit_p",
+    "max_crlb_nm",
+    "edge_sd",
+    "crowding_rows_px",
+    "max_row_shift_px",
+    "molecule_estimate",
+)
+
+#: boxes fitted at once in the leave-one-out fits (bounds memory: ~5 kB a box)
+_FIT_BOXES = 32768
+
+
+@dataclass(frozen=True)
+class TargetModel:
+    """What the model targets need: the readout settings, the camera and the calibration."""
+
+    readout: ReadoutConfig
+    camera: Camera
+    cal: Calibration
+
+    @classmethod
+    def from_config(
+        cls, spectra: dict[str, Any], camera: dict[str, Any], g: Geometry, threads: int = 1
+    ) -> TargetModel:
+        cal = calibration_from_config(spectra, g)
+        return cls(
+            ReadoutConfig.from_config(spectra, cal, threads), Camera.from_config(camera), cal
+        )
+
+
+def crowded_localizations(locs: pd.DataFrame, g: Geometry, cfg: ReadoutConfig) -> np.ndarray:
+    """The readout's ``crowded`` flag for every row of a localization table (frame, x, y)."""
+    return crowded(
+        locs["frame"].to_numpy(),
+        locs["x"].to_numpy(),
+        locs["y"].to_numpy(),
+        cfg.crowding_rows_px,
+        g.spectral_width + 2 * cfg.margin_px,
+    )
+
+
+def _groups(usable: np.ndarray, run_starts: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """For each frame, the usable frames of its run other than itself (indices), and their count."""
+    n = len(usable)
+    bounds = np.append(run_starts, n)
+    members: list[np.ndarray] = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        run_usable = a + np.flatnonzero(usable[a:b])
+        for i in range(a, b):
+            members.append(run_usable[run_usable != i])
+    return members, np.array([len(m) for m in members], dtype=np.int64)
+
+
+def _blocks(sizes: np.ndarray, limit: int) -> Iterator[tuple[int, int]]:
+    """Consecutive frames whose groups hold about ``limit`` boxes together (at least one)."""
+    a, total = 0, 0
+    for i, k in enumerate(sizes):
+        if i > a and total + k > limit:
+            yield a, i
+            a, total = i, 0
+        total += int(k)
+    if a < len(sizes):
+        yield a, len(sizes)
+
+
+def leave_one_out_fits(
+    stack: Stack, runs: pd.DataFrame, run_starts: np.ndarray, g: Geometry, tm: TargetModel
+) -> pd.DataFrame:
+    """Leave-one-out joint fits of the runs in ``runs`` (rows grouped by run, columns ``frame``,
+    ``x``, ``y``, ``pixel_x``, ``crowded``). Returns per row ``distance_px`` (fitted centre of
+    the other usable frames minus their mean x), ``width_px``, ``n_others``, ``converged`` and
+    the frame's own single-frame flag ``flag``."""
+    cfg = tm.readout
+    table = runs[["frame", "x", "y", "crowded"]].assign(
+        spec_col0=runs["pixel_x"].to_numpy(np.int64) + g.spectral_offset
+    )
+    single = mle_readout(stack, table, g, tm.cal, tm.camera, cfg)
+    flag = single["sc_mle_flag"].fillna("").to_numpy()
+    members, sizes = _groups(np.isin(flag, MOLECULE_FLAGS), np.asarray(run_starts))
+    row0, col0, width = readout_boxes(table, g, cfg, stack.frame_shape)
+    (boxes,) = stack.gather(table["frame"].to_numpy(), [(row0, col0, cfg.rows, width)])
+    photons = tm.camera.photons(boxes)
+    centre = single["mle_centre_px"].to_numpy()
+    w = 1.0 / (single["sc_mle_crlb_nm"].to_numpy() / cfg.nm_per_px) ** 2
+    s_single = single["sc_mle_width_nm"].to_numpy() / cfg.nm_per_px
+    local = np.column_stack(
+        [
+            single["spectral_photons"].to_numpy(),
+            table["y"].to_numpy() - row0,
+            single["background_photons"].to_numpy(),
+        ]
+    )
+    x = table["x"].to_numpy()
+    n = len(table)
+    out = {
+        "distance_px": np.full(n, np.nan),
+        "width_px": np.full(n, np.nan),
+        "n_others": sizes,
+        "crlb_nm": np.full(n, np.nan),
+        "p_fit": np.full(n, np.nan),
+        "converged": np.zeros(n, dtype=bool),
+    }
+    for a, b in _blocks(sizes, _FIT_BOXES):
+        frames = np.arange(a, b)[sizes[a:b] > 0]
+        if not len(frames):
+            continue
+        idx = np.concatenate([members[i] for i in frames])
+        owner = np.repeat(frames, sizes[frames])
+        groups = np.r_[0, np.cumsum(sizes[frames])]
+        starts = groups[:-1]
+        # start: the inverse-variance mean of the other frames' single fits
+        ww = w[idx]
+        shared = (
+            np.column_stack(
+                [
+                    np.add.reduceat(ww * (centre[idx] - col0[owner]), starts),
+                    np.add.reduceat(ww * s_single[idx], starts),
+                ]
+            )
+            / np.add.reduceat(ww, starts)[:, None]
+        )
+        fit = fit_boxes(
+            photons[idx],
+            shared,
+            local[idx],
+            cfg.settings,
+            tm.camera,
+            groups=groups,
+            offsets=(col0[idx] - col0[owner]).astype(np.float64),
+        )
+        mean_x = np.add.reduceat(x[idx], starts) / sizes[frames]
+        out["distance_px"][frames] = col0[frames] + fit["l0"] - mean_x
+        out["width_px"][frames] = fit["s"]
+        out["crlb_nm"][frames] = np.sqrt(fit["var_l0"]) * cfg.nm_per_px
+        out["p_fit"][frames] = fit["p_fit"]
+        out["converged"][frames] = fit["converged"]
+    return pd.DataFrame(out, index=runs.index).assign(flag=flag)
+
+
+def render_targets(
+    x: np.ndarray,
+    y: np.ndarray,
+    distance_px: np.ndarray,
+    width_px: np.ndarray,
+    loc_box: tuple[np.ndarray, np.ndarray],
+    spec_box: tuple[np.ndarray, np.ndarray],
+    g: Geometry,
+    psf_sigma_px: float,
+) -> np.ndarray:
+    """Noise-free patches (N, height, width) float32 without background: a unit spot at (x, y)
+    in the localization box (top-left ``loc_box`` = (row0, col0)) and a unit spectrum of sd
+    ``width_px`` centred at column ``x + distance_px`` and row y in the spectral box
+    (``spec_box``); both pixel-integrated Gaussians of row sd ``psf_sigma_px`` (frame px, a
+    pixel c spans [c, c+1))."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    n = len(x)
+    sigma = np.full(n, float(psf_sigma_px))
+    ones, zeros = np.ones(n), np.zeros(n)
+    out = np.empty((n, g.height, g.width), dtype=np.float32)
+    lr, lc = loc_box
+    sr, sc = spec_box
+    out[:, :, : g.loc_width] = box_model(
+        np.column_stack([x - lc, sigma]),
+        np.column_stack([ones, y - lr, zeros]),
+        (g.height, g.loc_width),
+        psf_sigma_px,
+    )
+    out[:, :, g.loc_width :] = box_model(
+        np.column_stack([x + np.asarray(distance_px) - sc, np.asarray(width_px)]),
+        np.column_stack([ones, y - sr, zeros]),
+        (g.height, g.spectral_width),
+        psf_sigma_px,
+    )
+    return out

@@ -1,0 +1,276 @@
+"""Model targets: the leave-one-out joint fit of a run's other frames, drawn without noise."""
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from srsmlm.clustering import cluster_stage
+from srsmlm.fusion import clean_target
+from srsmlm.geometry import Geometry
+from srsmlm.localizations import filter_stage
+from srsmlm.mle import box_model
+from srsmlm.patches import PatchParams, place_boxes, prepare_patches
+from srsmlm.stack import Stack
+from srsmlm.targets import (
+    SPECTRA_KEYS,
+    TargetModel,
+    _blocks,
+    _groups,
+    leave_one_out_fits,
+    render_targets,
+)
+
+G = Geometry(16, 16, 48, 230)
+SPECTRA = {
+    "nm_per_px": 2.0,
+    "wavelength_at_offset_nm": 560,
+    "calibration_table": None,
+    "psf_sigma_px": 1.3,
+    "readout_rows": 9,
+    "readout_margin_px": 8,
+    "width_nm": None,
+    "width_bounds_nm": [5, 50],
+    "width_start_nm": 18,
+    "mle_max_iterations": 50,
+    "min_fit_p": 0.001,
+    "max_crlb_nm": 2.5,
+    "edge_sd": 1.0,
+    "crowding_rows_px": 3,
+    "max_row_shift_px": 0.5,
+    "molecule_estimate": "joint",
+}
+GAIN, OFFSET = 50.0, 100.0
+CAMERA = {"type": "scmos", "gain_adu_per_photon": GAIN, "offset_adu": OFFSET, "read_noise_adu": 1.0}
+NOJIT = dict(offset_jitter=(0, 0), row_jitter=0, box_shift=0, min_loc_max=0.0, background_patches=0)
+
+
+def noise_free_run(tmp_path, n_frames=10, x=40.3, y=30.6, distance=254.1, width=8.5, photons=None):
+    """A stack of one molecule over ``n_frames`` frames, noise-free (expected counts, a high gain
+    so rounding to ADU is negligible), spot at (x, y), spectrum centred at x + distance."""
+    h, w = 64, 340
+    photons = np.linspace(3000, 6000, n_frames) if photons is None else np.asarray(photons)
+    frames = np.zeros((n_frames, h, w))
+    for f in range(n_frames):
+        local = np.array([[photons[f], y, 2.0]])
+        frames[f] += box_model(np.array([[x, 1.3]]), local, (h, w), 1.3)[0]
+        frames[f] += box_model(np.array([[x + distance, width]]), local * [1, 1, 0], (h, w), 1.3)[0]
+    stack = np.round(OFFSET + GAIN * frames).astype(np.uint16)
+    path = tmp_path / "stack.ome.tif"
+    tifffile.imwrite(path, stack, ome=True, metadata={"axes": "TYX"})
+    runs = pd.DataFrame(
+        {
+            "frame": np.arange(1, n_frames + 1),
+            "x": x,
+            "y": y,
+            "signal": photons,
+            "pixel_x": int(x),
+            "pixel_y": int(y),
+            "cluster": 0,
+            "crowded": False,
+            "localization_index": np.arange(n_frames),
+        }
+    )
+    return path, runs, stack
+
+
+def model():
+    return TargetModel.from_config(SPECTRA, CAMERA, G)
+
+
+def test_noise_free_model_target_is_the_true_image(tmp_path):
+    x, y, distance, width = 40.3, 30.6, 254.1, 8.5
+    path, runs, _ = noise_free_run(tmp_path, x=x, y=y, distance=distance, width=width)
+    with Stack(path) as stack:
+        fits = leave_one_out_fits(stack, runs, np.array([0]), G, model())
+    assert (fits["n_others"] == len(runs) - 1).all() and fits["converged"].all()
+    np.testing.assert_allclose(fits["distance_px"], distance, atol=2e-3)
+    np.testing.assert_allclose(fits["width_px"], width, rtol=1e-3)
+    boxes = place_boxes(runs["frame"], runs["pixel_x"], runs["pixel_y"], G, 3, 1)
+    loc, spec = (boxes.loc_row0, boxes.loc_col0), (boxes.spec_row0, boxes.spec_col0)
+    n = len(runs)
+    fitted = render_targets(
+        runs["x"], runs["y"], fits["distance_px"], fits["width_px"], loc, spec, G, 1.3
+    )
+    true = render_targets(
+        runs["x"], runs["y"], np.full(n, distance), np.full(n, width), loc, spec, G, 1.3
+    )
+    # the true noise-free image, within normalisation: each part peaks at its own maximum
+    for img in (fitted, true):
+        assert img[:, :, :16].sum(axis=(1, 2)) == pytest.approx(1.0, abs=0.02)
+    np.testing.assert_allclose(
+        clean_target(fitted, G, 0.5, 10), clean_target(true, G, 0.5, 10), atol=2e-3
+    )
+
+
+def test_render_targets_places_spot_and_spectrum():
+    boxes = place_boxes(np.array([1]), np.array([40]), np.array([30]), G)
+    img = render_targets(
+        np.array([40.5]),
+        np.array([30.5]),
+        np.array([250.0]),
+        np.array([3.0]),
+        (boxes.loc_row0, boxes.loc_col0),
+        (boxes.spec_row0, boxes.spec_col0),
+        G,
+        1.3,
+    )[0]
+    # spot centred in pixel (30, 40): patch row 8, column 8; spectrum at frame column 290.5
+    assert np.unravel_index(img[:, :16].argmax(), (16, 16)) == (8, 8)
+    spec_col = 290 - int(boxes.spec_col0[0])
+    assert np.unravel_index(img[:, 16:].argmax(), (16, 48)) == (8, spec_col)
+    assert img[:, 16:].sum() == pytest.approx(1.0, abs=1e-3)
+    assert img.dtype == np.float32
+
+
+def test_leave_one_out_own_noise_never_reaches_the_target(tmp_path):
+    path, runs, stack = noise_free_run(tmp_path)
+    with Stack(path) as s:
+        before = leave_one_out_fits(s, runs, np.array([0]), G, model())
+    # frame 4 gets a strong, shifted second spectrum: its own target must not move
+    rng = np.random.default_rng(3)
+    changed = stack.copy()
+    changed[3, 28:34, 275:300] += rng.integers(200, 2000, (6, 25)).astype(np.uint16)
+    path2 = tmp_path / "changed.ome.tif"
+    tifffile.imwrite(path2, changed, ome=True, metadata={"axes": "TYX"})
+    with Stack(path2) as s:
+        after = leave_one_out_fits(s, runs, np.array([0]), G, model())
+    own = after.index == 3
+    assert after.loc[own, "distance_px"].item() == before.loc[own, "distance_px"].item()
+    assert after.loc[own, "width_px"].item() == before.loc[own, "width_px"].item()
+    # the other frames see it (it is usable or flagged: either way their fits differ or drop it)
+    moved = (after["distance_px"] != before["distance_px"]) | (
+        after["n_others"] != before["n_others"]
+    )
+    assert moved[~own].all()
+
+
+def test_unusable_frames_leave_the_fits_and_lone_frames_get_no_target(tmp_path):
+    path, runs, _ = noise_free_run(tmp_path, n_frames=4)
+    runs["crowded"] = [True, True, True, False]
+    with Stack(path) as s:
+        fits = leave_one_out_fits(s, runs, np.array([0]), G, model())
+    assert fits["flag"].tolist() == ["crowded"] * 3 + [""]
+    # frames 1-3 are fitted from frame 4 alone; frame 4 has no other usable frame
+    assert fits["n_others"].tolist() == [1, 1, 1, 0]
+    assert np.isnan(fits["distance_px"].iloc[3])
+    assert fits["converged"].tolist() == [True, True, True, False]
+
+
+def test_groups_and_blocks():
+    members, sizes = _groups(np.array([1, 0, 1, 1, 1], bool), np.array([0, 3]))
+    assert [m.tolist() for m in members] == [[2], [0, 2], [0], [4], [3]]
+    assert sizes.tolist() == [1, 2, 1, 1, 1]
+    assert list(_blocks(np.array([3, 3, 3, 0, 5]), 6)) == [(0, 2), (2, 4), (4, 5)]
+    assert list(_blocks(np.array([9]), 6)) == [(0, 1)]
+
+
+def test_spectra_keys_are_what_the_readout_reads():
+    TargetModel.from_config(SPECTRA, CAMERA, G)
+    assert set(SPECTRA) == set(SPECTRA_KEYS)
+
+
+def test_model_targets_in_the_patch_stage_same_seed_same_bytes(tiny_acquisition, tmp_path):
+    loc, clu = tmp_path / "loc.csv", tmp_path / "clu.csv"
+    filter_stage(tiny_acquisition["peakfit"], "peakfit", None, 300, None, None, loc)
+    cluster_stage(loc, 0.001, 3, 9, clu)
+    spectra = dict(SPECTRA, nm_per_px=2.06)
+    camera = {"type": "scmos", "gain_adu_per_photon": 2.0, "offset_adu": 100, "read_noise_adu": 1.6}
+    tm = TargetModel.from_config(spectra, camera, G)
+    digests, counts = [], []
+    for name, chunk in (("a", 100), ("b", 100), ("c", 100_000)):
+        o = tmp_path / name
+        p = PatchParams(min_loc_max=0.0, background_patches=0, chunk_size=chunk, target="model")
+        counts.append(
+            prepare_patches(
+                clu,
+                loc,
+                tiny_acquisition["stack"],
+                G,
+                p,
+                1,
+                "tiny",
+                9,
+                o / "raw.tif",
+                o / "clean.tif",
+                o / "patches.csv",
+                target_model=tm,
+            )
+        )
+        digests.append(
+            tuple(
+                hashlib.sha256((o / f).read_bytes()).hexdigest()
+                for f in ("raw.tif", "clean.tif", "patches.csv")
+            )
+        )
+    assert digests[0] == digests[1] == digests[2]
+    c = counts[0]
+    assert c["signal_patches"] > 0
+    table = pd.read_csv(tmp_path / "a" / "patches.csv")
+    signal = table[table["kind"] == "signal"]
+    assert (signal["target_crlb_nm"] <= 1.5).all() and (signal["target_frames"] >= 1).all()
+    clean = tifffile.imread(tmp_path / "a" / "clean.tif")
+    assert clean.max() <= 1.0 + 1e-6 and len(clean) == len(table)
+    # against the simulator's truth: the targets' centres are far better than one frame's
+    truth = pd.read_csv(tiny_acquisition["truth"])
+    m = signal.assign(kx=signal["x"].round(2)).merge(
+        truth.assign(kx=truth["loc_x"].round(2))[["frame", "kx", "sc_true_nm"]],
+        on=["frame", "kx"],
+    )
+    assert len(m) > 0.9 * len(signal)
+    assert (m["target_nm"] - m["sc_true_nm"]).abs().median() < 1.0
+
+
+def test_model_target_needs_a_target_model_and_known_names(tmp_path):
+    path, runs, _ = noise_free_run(tmp_path)
+    cp = tmp_path / "clusters.csv"
+    runs.drop(columns="crowded").to_csv(cp, index=False)
+    for params, err in (
+        (PatchParams(**NOJIT, target="model"), "needs a TargetModel"),
+        (PatchParams(**NOJIT, target="fused"), "patches.target 'fused'"),
+    ):
+        with pytest.raises(ValueError, match=err):
+            prepare_patches(
+                cp,
+                cp,
+                path,
+                G,
+                params,
+                1,
+                "acq",
+                9,
+                tmp_path / "raw.tif",
+                tmp_path / "clean.tif",
+                tmp_path / "p.csv",
+            )
+    assert not (tmp_path / "raw.tif").exists()
+
+
+def test_molecule_free_patches_get_empty_model_targets(tmp_path):
+    path, runs, _ = noise_free_run(tmp_path, n_frames=12)
+    cp = tmp_path / "clusters.csv"
+    runs.drop(columns="crowded").to_csv(cp, index=False)
+    p = PatchParams(**dict(NOJIT, background_patches=9), target="model")
+    o = tmp_path / "out"
+    counts = prepare_patches(
+        cp,
+        cp,
+        path,
+        G,
+        p,
+        1,
+        "acq",
+        9,
+        o / "raw.tif",
+        o / "clean.tif",
+        o / "p.csv",
+        target_model=model(),
+    )
+    assert counts["background_patches"] == 9 and counts["signal_patches"] == 12
+    table = pd.read_csv(o / "p.csv")
+    clean = tifffile.imread(o / "clean.tif")
+    background = table["kind"].to_numpy() == "background"
+    assert background.sum() == 9 and not clean[background].any()
+    assert clean[~background].max() == pytest.approx(1.0)
