@@ -86,12 +86,13 @@ def main(argv: list[str]) -> None:
         print(f"network shift against its targets ({label}): {shift(wd)}")
     if seeds:
         print("\nseeds (denoised least-squares fit):")
-        medians = []
+        medians, ratios = [], []
         for wd in seeds:
             m = json.loads((wd / "results/evaluation/metrics.json").read_text())
             s = m["sc_error"]["denoised_gaussian_fit"]
             r = m["sc_error"]["raw_gaussian_fit"]
             medians.append(s["median_abs_error_nm"])
+            ratios.append(s["median_abs_error_nm"] / r["median_abs_error_nm"])
             bias = ", ".join(f"{v:+.2f}" for v in s["bias_by_true_dye_nm"].values())
             print(
                 f"  {wd}: median {s['median_abs_error_nm']:.2f} nm, RMSE {s['rmse_nm']:.2f} nm, "
@@ -102,6 +103,11 @@ def main(argv: list[str]) -> None:
         mean = sum(medians) / len(medians)
         print(
             f"  spread of the median: {lo:.2f}-{hi:.2f} nm, (max - min) / mean = {(hi - lo) / mean:.1%}"
+        )
+        rlo, rhi = min(ratios), max(ratios)
+        print(
+            f"  median relative to the raw least-squares fit of the same data: {rlo:.2f}-{rhi:.2f}, "
+            f"(max - min) / mean = {(rhi - rlo) / (sum(ratios) / len(ratios)):.1%}"
         )
 
 

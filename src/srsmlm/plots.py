@@ -131,7 +131,7 @@ def montage(
     n_signal: int = 6,
     n_background: int = 3,
 ) -> None:
-    """Rows of test patches: raw | SF target | denoised, signal then background patches."""
+    """Rows of test patches: raw | clean target | denoised, signal then background patches."""
     with np.load(predictions_npz) as z:
         x, y, p = z["X"], z["Y"], z["P"]
     index = pd.read_csv(index_csv)
@@ -144,7 +144,7 @@ def montage(
     )
     for r, (i, kind) in enumerate(rows):
         for c, (img, title) in enumerate(
-            ((x[i], "raw (counts/2^16)"), (y[i], "SF-fused target"), (p[i], "denoised"))
+            ((x[i], "raw (counts/2^16)"), (y[i], "clean target"), (p[i], "denoised"))
         ):
             ax = axes[r, c]
             ax.imshow(img, cmap="magma", aspect="equal")
