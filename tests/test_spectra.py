@@ -23,6 +23,7 @@ from srsmlm.spectra import (
 )
 
 from .conftest import tiny_params
+from .reference_fit import reference_gaussian_fit
 
 G = Geometry(16, 16, 48, 230)
 
@@ -123,64 +124,6 @@ def test_precision_on_hand_built_table():
     np.testing.assert_allclose(out["sc_std"], [2.0, 0.5])
 
 
-def _reference_gaussian_fit(profiles, wavelengths, iterations=30):
-    """The former gaussian_fit (batched NumPy, a fixed 30 iterations for every profile),
-    verbatim: the reference the compiled fit must reproduce."""
-    p = np.asarray(profiles, dtype=np.float64)
-    lam = np.asarray(wavelengths, dtype=np.float64)
-    n = len(p)
-    step = np.abs(lam[:, 1] - lam[:, 0])
-    c0 = np.percentile(p, 20, axis=1)
-    pos = np.clip(p - c0[:, None], 0, None)
-    tot = pos.sum(1)
-    mu0 = np.where(tot > 0, (pos * lam).sum(1) / np.where(tot > 0, tot, 1), lam.mean(1))
-    var0 = np.where(
-        tot > 0, (pos * (lam - mu0[:, None]) ** 2).sum(1) / np.where(tot > 0, tot, 1), 100.0
-    )
-    theta = np.column_stack(
-        [np.maximum(p.max(1) - c0, 1e-12), mu0, np.sqrt(np.clip(var0, 4 * step**2, None)), c0]
-    )
-    damping = np.full(n, 1e-2)
-
-    def model(t):
-        a, mu, s, c = (t[:, i : i + 1] for i in range(4))
-        g = np.exp(-((lam - mu) ** 2) / (2 * s**2))
-        return a * g + c, g
-
-    pred, g = model(theta)
-    cost = ((pred - p) ** 2).sum(1)
-    for _ in range(iterations):
-        a, mu, s = theta[:, 0:1], theta[:, 1:2], theta[:, 2:3]
-        jac = np.stack(
-            [g, a * g * (lam - mu) / s**2, a * g * (lam - mu) ** 2 / s**3, np.ones_like(g)], axis=2
-        )
-        r = p - pred
-        jtj = np.einsum("nwi,nwj->nij", jac, jac)
-        jtr = np.einsum("nwi,nw->ni", jac, r)
-        diag = np.einsum("nii->ni", jtj)
-        lhs = jtj + damping[:, None, None] * np.einsum("ni,ij->nij", diag + 1e-12, np.eye(4))
-        try:
-            delta = np.linalg.solve(lhs, jtr[..., None])[..., 0]
-        except np.linalg.LinAlgError:
-            delta = np.zeros_like(theta)
-        trial = theta + delta
-        trial[:, 2] = np.abs(trial[:, 2]) + 1e-9
-        tpred, tg = model(trial)
-        tcost = ((tpred - p) ** 2).sum(1)
-        better = np.isfinite(tcost) & (tcost < cost)
-        theta[better], pred[better], g[better], cost[better] = (
-            trial[better],
-            tpred[better],
-            tg[better],
-            tcost[better],
-        )
-        damping = np.where(better, damping / 3, damping * 4)
-    amp, centre, width, off = theta.T
-    bad = (amp <= 0) | (centre < lam.min(1)) | (centre > lam.max(1)) | (width > np.ptp(lam, axis=1))
-    out = {"centre": centre, "width": width, "amplitude": amp, "offset": off}
-    return {k: np.where(bad, np.nan, v) for k, v in out.items()}
-
-
 def _window(rng, n):
     """Pixel-centre wavelengths of 48-px profiles at 2.06 nm/px (the spot's sub-pixel x random)."""
     return 560 + (np.arange(48) + 0.5 - rng.uniform(0, 1, (n, 1))) * 2.06
@@ -232,7 +175,7 @@ def test_gaussian_fit_matches_former_implementation():
     p = np.concatenate([p, degenerate, rng.normal(0, 2e-4, (40, 48))])  # empty, flat, noise
     lam = np.concatenate([lam, _window(rng, 44)])
     photons = np.r_[photons, np.zeros(44)]
-    old, new = _reference_gaussian_fit(p, lam), gaussian_fit(p, lam)
+    old, new = reference_gaussian_fit(p, lam), gaussian_fit(p, lam)
     for key in ("centre", "width", "amplitude", "offset"):
         np.testing.assert_array_equal(np.isnan(new[key]), np.isnan(old["centre"]))
     ok = np.isfinite(old["centre"])
@@ -260,7 +203,7 @@ def test_gaussian_fit_on_denoised_like_smooth_profiles_matches_former():
     shape = np.exp(-((lam - centre) ** 2) / (2 * sd**2))
     shape += rng.uniform(0, 0.3, (n, 1)) * np.roll(shape, 6, axis=1)  # a shoulder: not a Gaussian
     p = rng.uniform(0.1, 2.0, (n, 1)) * shape / shape.max(1, keepdims=True)
-    old, new = _reference_gaussian_fit(p, lam), gaussian_fit(p, lam)
+    old, new = reference_gaussian_fit(p, lam), gaussian_fit(p, lam)
     np.testing.assert_array_equal(np.isnan(new["centre"]), np.isnan(old["centre"]))
     assert (new["iterations"] < 30).mean() > 0.95
     np.testing.assert_allclose(new["centre"], old["centre"], rtol=0, atol=1e-6)
