@@ -276,3 +276,18 @@ def test_fused_readout_unchanged_without_fit(tmp_path, monkeypatch):
         sc = fused_readout(table, tmp_path / "raw.tif", G, cal, 4, chunk, threads)
         assert sc.index.equals(table.index)
         np.testing.assert_array_equal(sc.to_numpy(), expected)
+
+
+def test_outer_median_equals_nanmedian_of_the_outer_rows():
+    from srsmlm.spectra import _outer_median
+
+    rng = np.random.default_rng(5)
+    spec = rng.normal(size=(300, 16, 48))
+    spec[::3] = rng.integers(0, 4, (100, 16, 48))  # ties
+    start = rng.integers(0, 13, 300)
+    rows = np.arange(16)[None]
+    band = (rows >= start[:, None]) & (rows < start[:, None] + 4)
+    outer = np.where(~band[:, :, None], spec, np.nan)
+    np.testing.assert_array_equal(
+        _outer_median(spec, band), np.nanmedian(outer.reshape(300, -1), 1)
+    )

@@ -112,11 +112,21 @@ def spectral_profiles(
     rows = np.arange(h)[None, :]
     band = (rows >= row_start[:, None]) & (rows < row_start[:, None] + n_rows)  # (N, h)
     summed = np.einsum("nhw,nh->nw", spec, band.astype(np.float64))
-    outer = np.where(~band[:, :, None], spec, np.nan)
-    with np.errstate(all="ignore"):
-        bg = np.nanmedian(outer.reshape(n, -1), axis=1) if h > n_rows else np.zeros(n)
-    bg = np.nan_to_num(bg)
+    bg = _outer_median(spec, band) if h > n_rows else np.zeros(n)
     return summed - n_rows * bg[:, None], bg
+
+
+def _outer_median(spec: np.ndarray, band: np.ndarray) -> np.ndarray:
+    """Median of each patch's pixels outside its band of rows (every band has the same number of
+    rows, so every patch the same number of outer pixels): a partition, not ``np.nanmedian``
+    (same values, faster)."""
+    n, h, w = spec.shape
+    k = (h - int(band[0].sum())) * w
+    outer = np.where(~band[:, :, None], spec, np.inf).reshape(n, -1)  # band pixels sort last
+    lo, hi = (k - 1) // 2, k // 2
+    part = np.partition(outer, [lo, hi], axis=1)
+    bg = 0.5 * (part[:, lo] + part[:, hi])
+    return np.where(np.isfinite(bg), bg, 0.0)
 
 
 def centroid(profiles: np.ndarray, wavelengths: np.ndarray) -> np.ndarray:
