@@ -227,3 +227,66 @@ def test_fit_is_deterministic_and_handles_empty_input():
         np.testing.assert_array_equal(a[key], b[key])
     empty = fit_boxes(np.zeros((0, *SHAPE)), np.zeros((0, 2)), np.zeros((0, 3)), SETTINGS, SCMOS)
     assert all(len(v) == 0 for v in empty.values())
+
+
+def _molecule_cfg():
+    import yaml
+
+    from srsmlm.spectra import Calibration
+
+    section = yaml.safe_load(open("config/config.yaml"))["spectra"] | {"molecule_estimate": "mean"}
+    cal = Calibration(560.0, NM_PER_PX)
+    return ReadoutConfig.from_config(section, cal), cal
+
+
+def test_molecule_table_inverse_variance_mean_and_consistency():
+    import pandas as pd
+    from scipy.stats import chi2
+
+    from srsmlm.geometry import Geometry
+    from srsmlm.readout import molecule_table
+
+    cfg, cal = _molecule_cfg()
+    spectra = pd.DataFrame(
+        {
+            "cluster": [0, 0, 0, 1, -1],
+            "frame": [1, 2, 3, 7, 9],
+            "x": [10.0, 10.2, 10.1, 50.0, 80.0],
+            "y": [5.0, 5.0, 5.0, 6.0, 7.0],
+            "sc_mle_nm": [600.0, 604.0, 650.0, 610.0, 620.0],
+            "sc_mle_crlb_nm": [1.0, 2.0, 1.0, 1.5, 1.0],
+            "sc_mle_flag": ["", "dim", "bad_fit", "", ""],
+        }
+    )
+    out = molecule_table(spectra, None, Geometry(16, 16, 48, 230), cal, cfg).set_index("cluster")
+    assert list(out.index) == [0, 1]  # the localization outside runs is no molecule
+    w = np.array([1.0, 0.25])  # bad_fit does not enter; dim does
+    expected = (w * [600.0, 604.0]).sum() / w.sum()
+    assert out.loc[0, "n_frames"] == 3 and out.loc[0, "n_used"] == 2
+    assert out.loc[0, "sc_nm"] == pytest.approx(expected)
+    assert out.loc[0, "sc_err_nm"] == pytest.approx(1 / np.sqrt(w.sum()))
+    chi = ((600.0 - expected) / 1.0) ** 2 + ((604.0 - expected) / 2.0) ** 2
+    assert out.loc[0, "consistency_p"] == pytest.approx(chi2.sf(chi, 1))
+    assert out.loc[1, "sc_nm"] == 610.0 and np.isnan(out.loc[1, "consistency_p"])  # one frame
+
+
+def test_molecule_table_without_runs_is_empty_not_an_error():
+    import pandas as pd
+
+    from srsmlm.geometry import Geometry
+    from srsmlm.readout import molecule_table
+
+    cfg, cal = _molecule_cfg()
+    spectra = pd.DataFrame(
+        {
+            "cluster": [-1, -1],
+            "frame": [1, 2],
+            "x": [1.0, 2.0],
+            "y": [1.0, 2.0],
+            "sc_mle_nm": [600.0, 610.0],
+            "sc_mle_crlb_nm": [1.0, 1.0],
+            "sc_mle_flag": ["", ""],
+        }
+    )
+    out = molecule_table(spectra, None, Geometry(16, 16, 48, 230), cal, cfg)
+    assert len(out) == 0 and {"sc_nm", "consistency_p", "n_used"} <= set(out.columns)

@@ -291,3 +291,30 @@ def test_outer_median_equals_nanmedian_of_the_outer_rows():
     np.testing.assert_array_equal(
         _outer_median(spec, band), np.nanmedian(outer.reshape(300, -1), 1)
     )
+
+
+def test_spectra_stage_with_no_localization_names_the_cause(tmp_path):
+    """Every box left the frame (denoise_acquisition wrote empty tables and TIFFs): one clear
+    error naming the table and the geometry keys, and no output written."""
+    cols = ["localization_index", "frame", "x", "y", "signal", "spec_row0", "spec_col0"]
+    pd.DataFrame(columns=cols).to_csv(tmp_path / "patches.csv", index=False)
+    pd.DataFrame(columns=["localization_index", "cluster"]).to_csv(
+        tmp_path / "clusters.csv", index=False
+    )
+    for name in ("raw.tif", "denoised.tif"):
+        write_tif(np.zeros((0, *G.shape), np.float32), tmp_path / name)
+    outputs = [tmp_path / f for f in ("spectra.csv", "precision.csv", "molecules.csv")]
+    with pytest.raises(InputError, match="no localization to read out.*spectral_offset"):
+        spectra.spectra_stage(
+            tmp_path / "patches.csv",
+            tmp_path / "raw.tif",
+            tmp_path / "denoised.tif",
+            tmp_path / "clusters.csv",
+            tmp_path / "stack.tif",
+            G,
+            {},
+            {},
+            0,
+            *outputs,
+        )
+    assert not any(p.exists() for p in outputs)

@@ -704,6 +704,14 @@ def spectra_stage(
 
     fix_mmap_threshold()
     table = load_patch_table(denoised_table, clusters_csv, (raw_tif, denoised_tif), geometry)
+    if table.empty:
+        raise InputError(
+            denoised_table,
+            "no localization to read out: every filtered localization's box leaves the frame "
+            "(listed in skipped.csv beside it)",
+            "check geometry.spectral_offset / spectral_width against the frame width and narrow "
+            "filter.x_range to the spots' side of the camera",
+        )
     cal = calibration_from_config(section, geometry)
     cfg = ReadoutConfig.from_config(section, cal, threads=int(threads))
     cam = Camera.from_config(camera)
