@@ -160,11 +160,43 @@ def test_unusable_frames_leave_the_fits_and_lone_frames_get_no_target(tmp_path):
 
 
 def test_groups_and_blocks():
-    members, sizes = _groups(np.array([1, 0, 1, 1, 1], bool), np.array([0, 3]))
+    frames = np.array([1, 2, 3, 7, 8])
+    members, sizes = _groups(np.array([1, 0, 1, 1, 1], bool), np.array([0, 3]), frames)
     assert [m.tolist() for m in members] == [[2], [0, 2], [0], [4], [3]]
     assert sizes.tolist() == [1, 2, 1, 1, 1]
     assert list(_blocks(np.array([3, 3, 3, 0, 5]), 6)) == [(0, 2), (2, 4), (4, 5)]
     assert list(_blocks(np.array([9]), 6)) == [(0, 1)]
+
+
+def test_groups_keep_the_nearest_frames_in_time():
+    # one run of 8 frames (frame numbers with gaps), frame 40 unusable
+    frames = np.array([10, 11, 13, 14, 20, 21, 40, 41])
+    usable = np.array([1, 1, 1, 1, 1, 1, 0, 1], bool)
+    everyone, _ = _groups(usable, np.array([0]), frames)
+    members, sizes = _groups(usable, np.array([0]), frames, max_frames=3)
+    assert sizes.tolist() == [3] * 8
+    assert members[0].tolist() == [1, 2, 3]  # frames 11, 13, 14 nearest to 10
+    assert members[4].tolist() == [2, 3, 5]  # 21 (1), 14 (6), 13 (7) nearest to 20
+    assert members[2].tolist() == [0, 1, 3]  # 14 (1), 11 (2), then 10 (3) before 20 (7)
+    assert members[6].tolist() == [4, 5, 7]  # the unusable frame still gets a group, without itself
+    assert members[3].tolist() == [0, 1, 2]  # 13 (1), 11 (3), 10 (4) nearest to 14
+    # a tie in time goes to the earlier frame: 12 is 1 from both 11 and 13
+    tie, _ = _groups(np.ones(3, bool), np.array([0]), np.array([11, 12, 13]), max_frames=1)
+    assert tie[1].tolist() == [0]
+    # a cap at or above the largest group (the unusable frame's 7 others) changes nothing
+    same, _ = _groups(usable, np.array([0]), frames, max_frames=7)
+    assert [m.tolist() for m in same] == [m.tolist() for m in everyone]
+
+
+def test_max_frames_bounds_the_fits_and_changes_nothing_below_the_cap(tmp_path):
+    path, runs, _ = noise_free_run(tmp_path, n_frames=8)
+    with Stack(path) as s:
+        every = leave_one_out_fits(s, runs, np.array([0]), G, model())
+        capped = leave_one_out_fits(s, runs, np.array([0]), G, model(), max_frames=7)
+        few = leave_one_out_fits(s, runs, np.array([0]), G, model(), max_frames=3)
+    pd.testing.assert_frame_equal(every, capped)
+    assert (few["n_others"] == 3).all() and few["converged"].all()
+    np.testing.assert_allclose(few["distance_px"], 254.1, atol=5e-3)  # noise-free: same answer
 
 
 def test_spectra_keys_are_what_the_readout_reads():

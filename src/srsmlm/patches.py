@@ -59,6 +59,7 @@ class PatchParams:
     chunk_size: int = 2048
     target: str = "sf_fusion"
     target_max_crlb_nm: float = 1.5
+    target_max_frames: int | None = None
 
     @classmethod
     def from_config(cls, section: dict) -> PatchParams:
@@ -171,11 +172,11 @@ def model_run_targets(
     """Model targets (:mod:`srsmlm.targets`) for runs of raw patches cut at ``boxes``, through
     the same normalisation, top-hat and range limit as the SF targets. Returns (target, sf_raw,
     sf_target, fits) where ``fits`` holds the leave-one-out fit per patch (``has_target``: the
-    other usable frames of the run were fitted, converged, and place the centre to within
+    other usable frames of the run, at most ``p.target_max_frames`` nearest in time, were fitted, converged, and place the centre to within
     ``p.target_max_crlb_nm``, the CRLB of their joint fit)."""
     from .targets import leave_one_out_fits, render_targets
 
-    fits = leave_one_out_fits(stack, runs, run_starts, g, tm)
+    fits = leave_one_out_fits(stack, runs, run_starts, g, tm, p.target_max_frames)
     fits["has_target"] = (
         fits["converged"].to_numpy()
         & (fits["n_others"].to_numpy() > 0)

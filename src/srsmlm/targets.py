@@ -84,15 +84,23 @@ def crowded_localizations(locs: pd.DataFrame, g: Geometry, cfg: ReadoutConfig) -
     )
 
 
-def _groups(usable: np.ndarray, run_starts: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """For each frame, the usable frames of its run other than itself (indices), and their count."""
+def _groups(
+    usable: np.ndarray, run_starts: np.ndarray, frames: np.ndarray, max_frames: int | None = None
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """For each frame, the usable frames of its run other than itself (indices, ascending), and
+    their count; at most ``max_frames`` of them, those nearest in time (``frames``; a tie goes
+    to the earlier frame), so a long run costs ``max_frames`` boxes per frame, not its length."""
     n = len(usable)
     bounds = np.append(run_starts, n)
     members: list[np.ndarray] = []
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         run_usable = a + np.flatnonzero(usable[a:b])
         for i in range(a, b):
-            members.append(run_usable[run_usable != i])
+            others = run_usable[run_usable != i]
+            if max_frames is not None and len(others) > max_frames:
+                gap = np.abs(frames[others] - frames[i])
+                others = np.sort(others[np.lexsort((frames[others], gap))[:max_frames]])
+            members.append(others)
     return members, np.array([len(m) for m in members], dtype=np.int64)
 
 
@@ -109,19 +117,30 @@ def _blocks(sizes: np.ndarray, limit: int) -> Iterator[tuple[int, int]]:
 
 
 def leave_one_out_fits(
-    stack: Stack, runs: pd.DataFrame, run_starts: np.ndarray, g: Geometry, tm: TargetModel
+    stack: Stack,
+    runs: pd.DataFrame,
+    run_starts: np.ndarray,
+    g: Geometry,
+    tm: TargetModel,
+    max_frames: int | None = None,
 ) -> pd.DataFrame:
     """Leave-one-out joint fits of the runs in ``runs`` (rows grouped by run, columns ``frame``,
-    ``x``, ``y``, ``pixel_x``, ``crowded``). Returns per row ``distance_px`` (fitted centre of
-    the other usable frames minus their mean x), ``width_px``, ``n_others``, ``converged`` and
-    the frame's own single-frame flag ``flag``."""
+    ``x``, ``y``, ``pixel_x``, ``crowded``): each frame's fit joins the other usable frames of
+    its run, at most ``max_frames`` of them (the nearest in time). Returns per row
+    ``distance_px`` (fitted centre of those frames minus their mean x), ``width_px``,
+    ``n_others``, ``converged`` and the frame's own single-frame flag ``flag``."""
     cfg = tm.readout
     table = runs[["frame", "x", "y", "crowded"]].assign(
         spec_col0=runs["pixel_x"].to_numpy(np.int64) + g.spectral_offset
     )
     single = mle_readout(stack, table, g, tm.cal, tm.camera, cfg)
     flag = single["sc_mle_flag"].fillna("").to_numpy()
-    members, sizes = _groups(np.isin(flag, MOLECULE_FLAGS), np.asarray(run_starts))
+    members, sizes = _groups(
+        np.isin(flag, MOLECULE_FLAGS),
+        np.asarray(run_starts),
+        table["frame"].to_numpy(),
+        max_frames,
+    )
     row0, col0, width = readout_boxes(table, g, cfg, stack.frame_shape)
     (boxes,) = stack.gather(table["frame"].to_numpy(), [(row0, col0, cfg.rows, width)])
     photons = tm.camera.photons(boxes)
