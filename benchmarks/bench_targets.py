@@ -1,8 +1,8 @@
 """Cost of the model targets' leave-one-out fits on one long run, with and without
 ``patches.target_max_frames`` (each frame's fit joins at most that many other frames).
 
-One molecule over K frames (Poisson counts on an sCMOS-like camera, 1,500 spectral photons,
-10 background photons/px), fitted by :func:`srsmlm.targets.leave_one_out_fits` with every other
+One molecule over K frames (Poisson counts, 1,500 spectral photons, 10 background
+photons/px; the camera and readout settings of ``config/config.yaml``), fitted by :func:`srsmlm.targets.leave_one_out_fits` with every other
 frame (the reference, K - 1 boxes per frame) and with the cap; prints the seconds, the boxes
 fitted and the ratio, and how far the capped centres lie from the uncapped ones.
 
@@ -19,32 +19,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import tifffile
+import yaml
 
 from srsmlm.geometry import Geometry
 from srsmlm.mle import box_model
 from srsmlm.stack import Stack
 from srsmlm.targets import TargetModel, leave_one_out_fits
 
-G = Geometry(16, 16, 48, 230)
-SPECTRA = {
-    "nm_per_px": 2.0,
-    "wavelength_at_offset_nm": 560,
-    "calibration_table": None,
-    "psf_sigma_px": 1.3,
-    "readout_rows": 9,
-    "readout_margin_px": 8,
-    "width_nm": None,
-    "width_bounds_nm": [5, 50],
-    "width_start_nm": 18,
-    "mle_max_iterations": 50,
-    "min_fit_p": 0.001,
-    "max_crlb_nm": 2.5,
-    "edge_sd": 1.0,
-    "crowding_rows_px": 3,
-    "max_row_shift_px": 0.5,
-    "molecule_estimate": "joint",
-}
-CAMERA = {"type": "scmos", "gain_adu_per_photon": 2.0, "offset_adu": 100, "read_noise_adu": 1.6}
+CONFIG = yaml.safe_load((Path(__file__).parents[1] / "config/config.yaml").read_text())
+SPECTRA, CAMERA = CONFIG["spectra"], CONFIG["camera"]
+G = Geometry.from_config(CONFIG["geometry"])
 
 
 def long_run(folder: Path, k: int, seed: int = 0) -> tuple[Path, pd.DataFrame]:
@@ -54,7 +38,11 @@ def long_run(folder: Path, k: int, seed: int = 0) -> tuple[Path, pd.DataFrame]:
     mean = box_model(np.array([[x, 1.3]]), local * [1, 1, 0], (h, w), 1.3)[0]
     mean += box_model(np.array([[x + 254.1, 8.5]]), local, (h, w), 1.3)[0]
     counts = rng.poisson(np.broadcast_to(mean, (k, h, w)))
-    stack = np.clip(np.round(100 + 2.0 * counts + rng.normal(0, 1.6, counts.shape)), 0, 65535)
+    gain, offset, read = (
+        CAMERA[k] for k in ("gain_adu_per_photon", "offset_adu", "read_noise_adu")
+    )
+    adu = offset + gain * counts + rng.normal(0, read, counts.shape)
+    stack = np.clip(np.round(adu), 0, 65535)
     path = folder / "stack.ome.tif"
     tifffile.imwrite(path, stack.astype(np.uint16), ome=True, metadata={"axes": "TYX"})
     runs = pd.DataFrame(
