@@ -445,3 +445,17 @@ def test_report_stage_at_a_million_localizations(tmp_path, capsys, record_proper
     for key, path in kw["out"].items():
         assert _is_png(path), key
     assert seconds < 60
+
+
+def test_rendering_colours_only_by_trusted_maximum_likelihood_centres():
+    from srsmlm.plots import trusted_mle
+
+    table = pd.DataFrame(
+        {
+            "sc_mle_nm": [600.0, 610.0, np.nan, 630.0],
+            "sc_mle_flag": ["", "crowded", "", np.nan],
+            "sc_denoised_nm": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    np.testing.assert_array_equal(trusted_mle(table), [600.0, np.nan, np.nan, 630.0])
+    assert np.isnan(trusted_mle(table[["sc_denoised_nm"]])).all()  # no MLE readout: no colour
