@@ -178,9 +178,30 @@ def mle_readout(
     ``y``, ``spec_col0``, ``crowded``) from the raw stack. Returns the ``MLE_COLUMNS`` plus
     ``mle_centre_px`` (frame x of the centre), ``mle_box_row0``, ``mle_box_col0``,
     ``mle_p_fit``."""
+    boxes = gather_photons(stack, table, g, cfg, camera)
+    return fit_readout(boxes, table, g, cal, camera, cfg)
+
+
+def gather_photons(
+    stack: Stack, table: pd.DataFrame, g: Geometry, cfg: ReadoutConfig, camera: Camera
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Each localization's readout box (:func:`readout_boxes`) read from the stack, in photons,
+    and the boxes' (row0, col0, width)."""
     row0, col0, width = readout_boxes(table, g, cfg, stack.frame_shape)
     (boxes,) = stack.gather(table["frame"].to_numpy(), [(row0, col0, cfg.rows, width)])
-    x = camera.photons(boxes)
+    return camera.photons(boxes), row0, col0, width
+
+
+def fit_readout(
+    boxes: tuple[np.ndarray, np.ndarray, np.ndarray, int],
+    table: pd.DataFrame,
+    g: Geometry,
+    cal: Calibration,
+    camera: Camera,
+    cfg: ReadoutConfig,
+) -> pd.DataFrame:
+    """:func:`mle_readout` of readout boxes already gathered (:func:`gather_photons`)."""
+    x, row0, col0, width = boxes
     y_expected = table["y"].to_numpy() - row0
     fit = _fit_with_second_start(x, y_expected, width, cfg, camera)
     crlb_nm = np.sqrt(fit["var_l0"]) * cfg.nm_per_px

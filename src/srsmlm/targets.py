@@ -24,7 +24,13 @@ import pandas as pd
 
 from .geometry import Geometry
 from .mle import Camera, box_model, fit_boxes
-from .readout import MOLECULE_FLAGS, ReadoutConfig, crowded, mle_readout, readout_boxes
+from .readout import (
+    MOLECULE_FLAGS,
+    ReadoutConfig,
+    crowded,
+    fit_readout,
+    gather_photons,
+)
 from .spectra import Calibration, calibration_from_config
 from .stack import Stack
 
@@ -133,7 +139,9 @@ def leave_one_out_fits(
     table = runs[["frame", "x", "y", "crowded"]].assign(
         spec_col0=runs["pixel_x"].to_numpy(np.int64) + g.spectral_offset
     )
-    single = mle_readout(stack, table, g, tm.cal, tm.camera, cfg)
+    boxes = gather_photons(stack, table, g, cfg, tm.camera)  # once, for both kinds of fit
+    photons, row0, col0, _ = boxes
+    single = fit_readout(boxes, table, g, tm.cal, tm.camera, cfg)
     flag = single["sc_mle_flag"].fillna("").to_numpy()
     members, sizes = _groups(
         np.isin(flag, MOLECULE_FLAGS),
@@ -141,9 +149,6 @@ def leave_one_out_fits(
         table["frame"].to_numpy(),
         max_frames,
     )
-    row0, col0, width = readout_boxes(table, g, cfg, stack.frame_shape)
-    (boxes,) = stack.gather(table["frame"].to_numpy(), [(row0, col0, cfg.rows, width)])
-    photons = tm.camera.photons(boxes)
     centre = single["mle_centre_px"].to_numpy()
     w = 1.0 / (single["sc_mle_crlb_nm"].to_numpy() / cfg.nm_per_px) ** 2
     s_single = single["sc_mle_width_nm"].to_numpy() / cfg.nm_per_px
