@@ -172,8 +172,9 @@ def model_run_targets(
     """Model targets (:mod:`srsmlm.targets`) for runs of raw patches cut at ``boxes``, through
     the same normalisation, top-hat and range limit as the SF targets. Returns (target, sf_raw,
     sf_target, fits) where ``fits`` holds the leave-one-out fit per patch (``has_target``: the
-    other usable frames of the run, at most ``p.target_max_frames`` nearest in time, were fitted, converged, and place the centre to within
-    ``p.target_max_crlb_nm``, the CRLB of their joint fit)."""
+    other usable frames of the run, at most ``p.target_max_frames`` nearest in time, were
+    fitted, converged, and place the centre to within ``p.target_max_crlb_nm``, the CRLB of
+    their joint fit)."""
     from .targets import leave_one_out_fits, render_targets
 
     fits = leave_one_out_fits(stack, runs, run_starts, g, tm, p.target_max_frames)
