@@ -1,5 +1,7 @@
 """Maximum-likelihood fit of spectral boxes: the bound, unbiasedness, efficiency, flags."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -234,7 +236,8 @@ def _molecule_cfg():
 
     from srsmlm.spectra import Calibration
 
-    section = yaml.safe_load(open("config/config.yaml"))["spectra"] | {"molecule_estimate": "mean"}
+    config = Path(__file__).parents[1] / "config/config.yaml"
+    section = yaml.safe_load(config.read_text())["spectra"] | {"molecule_estimate": "mean"}
     cal = Calibration(560.0, NM_PER_PX)
     return ReadoutConfig.from_config(section, cal), cal
 
