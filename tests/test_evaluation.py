@@ -2,7 +2,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from srsmlm.evaluation import bias_by_group, classification_accuracy, error_stats, match_truth
+from srsmlm.evaluation import (
+    bias_by_group,
+    classification_accuracy,
+    error_stats,
+    evaluate,
+    match_truth,
+)
 
 
 def test_match_truth_by_frame_and_position():
@@ -45,3 +51,57 @@ def test_bias_by_group_finds_opposite_biases_that_cancel_overall():
     assert bias_by_group(np.array([np.nan]), np.array([3])) == {
         "3": pytest.approx(np.nan, nan_ok=True)
     }
+
+
+def test_paired_comparison_scores_both_fits_on_the_localizations_both_read(tmp_path):
+    """The raw fit fails on the two hard localizations; on its own successes it looks better than
+    the denoised fit, head to head (the same six localizations) it is worse."""
+    n = 8
+    truth = pd.DataFrame(
+        {
+            "frame": np.arange(1, n + 1),
+            "loc_x": 10.0,
+            "loc_y": 5.0,
+            "detected": True,
+            "sc_true_nm": 600.0,
+            "dye": [0, 0, 0, 0, 1, 1, 1, 1],
+        }
+    )
+    raw = 600 + np.array([1.0, -1.0, 1.0, -1.0, 1.0, -1.0, np.nan, np.nan])
+    den = 600 + np.array([0.5, -0.5, 0.5, -0.5, 0.5, -0.5, 6.0, -2.0])
+    spectra = pd.DataFrame(
+        {
+            "frame": truth["frame"],
+            "x": 10.0,
+            "y": 5.0,
+            "signal": np.arange(n) + 100.0,
+            "cluster": -1,
+            "sc_raw_nm": raw,
+            "sc_denoised_nm": den,
+            "fit_raw_centre_nm": raw,
+            "fit_denoised_centre_nm": den,
+        }
+    )
+    spectra.to_csv(tmp_path / "s.csv", index=False)
+    truth.to_csv(tmp_path / "t.csv", index=False)
+    m = evaluate(
+        [tmp_path / "s.csv"],
+        [tmp_path / "t.csv"],
+        ["a"],
+        2,
+        2.0,
+        tmp_path / "m.json",
+        tmp_path / "e.csv",
+    )
+    e = m["sc_error"]
+    assert e["raw_gaussian_fit"]["rmse_nm"] < e["denoised_gaussian_fit"]["rmse_nm"]
+    d, r = e["denoised_gaussian_fit_paired"], e["raw_gaussian_fit_paired"]
+    assert d["n"] == r["n"] == 6 and d["valid_fraction"] == r["valid_fraction"] == 1.0
+    assert (d["median_abs_error_nm"], d["rmse_nm"]) == (0.5, 0.5)
+    assert (r["median_abs_error_nm"], r["rmse_nm"]) == (1.0, 1.0)
+    assert d["bias_by_true_dye_nm"] == {"0": 0.0, "1": 0.0}
+    assert e["denoised_gaussian_fit"]["bias_by_true_dye_nm"]["1"] == 1.0
+    assert m["denoised_fit_beats_raw_fit_paired"] is True
+    table = pd.read_csv(tmp_path / "e.csv")
+    paired = table[table["estimator"] == "raw_gaussian_fit_paired"]
+    assert set(paired["by"]) == {"signal_bin", "dye"} and paired["n"].sum() == 12
