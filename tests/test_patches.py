@@ -15,6 +15,7 @@ from srsmlm.patches import (
     background_boxes,
     place_boxes,
     prepare_patches,
+    row_jitter,
     run_jitter,
 )
 
@@ -288,3 +289,22 @@ def test_background_boxes_check_only_the_frames_they_span():
     assert np.array_equal(again.frame, boxes.frame) and np.array_equal(
         again.loc_col0, boxes.loc_col0
     )
+
+
+def test_row_jitter_per_frame_for_model_targets_per_run_for_sf_fusion():
+    run_index = np.repeat(np.arange(40), 25)
+    for target, per_frame in (("model", True), ("sf_fusion", False)):
+        p = PatchParams(offset_jitter=(-15, 15), row_jitter=1, target=target)
+        j = row_jitter(run_index, p, np.random.default_rng(0))
+        assert all(len(v) == len(run_index) for v in j.values())
+        within = [len(np.unique(j["offset_jitter"][run_index == r])) for r in range(40)]
+        assert (max(within) > 1) == per_frame and min(within) >= 1
+        assert j["offset_jitter"].min() >= -15 and j["offset_jitter"].max() <= 15
+    # spectral_position replaces offset_jitter by a drawn position in the box (model targets)
+    p = PatchParams(offset_jitter=(-15, 15), target="model", spectral_position=(0.0, 48.0))
+    j = row_jitter(run_index, p, np.random.default_rng(0))
+    assert not j["offset_jitter"].any()
+    assert 0 <= j["position"].min() < 2 and 46 < j["position"].max() < 48
+    assert row_jitter(np.zeros(0, np.int64), PatchParams(), np.random.default_rng(0))[
+        "offset_jitter"
+    ].shape == (0,)

@@ -12,7 +12,7 @@ from srsmlm.fusion import clean_target
 from srsmlm.geometry import Geometry
 from srsmlm.localizations import filter_stage
 from srsmlm.mle import box_model
-from srsmlm.patches import PatchParams, place_boxes, prepare_patches
+from srsmlm.patches import PatchParams, at_positions, place_boxes, prepare_patches
 from srsmlm.stack import Stack
 from srsmlm.targets import (
     SPECTRA_KEYS,
@@ -306,3 +306,50 @@ def test_molecule_free_patches_get_empty_model_targets(tmp_path):
     background = table["kind"].to_numpy() == "background"
     assert background.sum() == 9 and not clean[background].any()
     assert clean[~background].max() == pytest.approx(1.0)
+
+
+def test_at_positions_moves_only_the_spectral_box():
+    boxes = place_boxes(np.arange(1, 5), np.full(4, 40), np.full(4, 30), G)
+    x = np.array([40.3, 40.3, 40.3, 40.3])
+    distance = np.array([254.1, 254.1, 254.1, np.nan])
+    moved = at_positions(boxes, x, distance, np.array([0.0, 12.5, 47.9, 20.0]))
+    centre_in_box = x + distance - moved.spec_col0
+    np.testing.assert_allclose(centre_in_box[:3], [0.4, 13.4, 48.4], atol=1e-9)
+    assert ((centre_in_box[:3] >= [0.0, 12.5, 47.9]) & (centre_in_box[:3] < [1, 13.5, 48.9])).all()
+    assert moved.spec_col0[3] == boxes.spec_col0[3]  # no centre: the box stays
+    for f in ("frame", "loc_row0", "loc_col0", "spec_row0"):
+        assert np.array_equal(getattr(moved, f), getattr(boxes, f))
+
+
+def test_spectral_position_cuts_each_frame_where_its_spectrum_lands(tmp_path):
+    """With a flat position prior every frame's raw patch is cut with the spectrum at its drawn
+    position, and its target is drawn in that same box (noise-free: the same peak column)."""
+    path, runs, _ = noise_free_run(tmp_path, n_frames=30, x=40.3, distance=254.1, width=5.0)
+    cp = tmp_path / "clusters.csv"
+    runs.drop(columns="crowded").to_csv(cp, index=False)
+    p = PatchParams(**NOJIT, target="model", spectral_position=(6.0, 42.0), target_max=None)
+    o = tmp_path / "out"
+    counts = prepare_patches(
+        cp,
+        cp,
+        path,
+        G,
+        p,
+        1,
+        "acq",
+        9,
+        o / "raw.tif",
+        o / "clean.tif",
+        o / "p.csv",
+        target_model=model(),
+    )
+    assert counts["signal_patches"] == 30 and counts["dropped_box_outside"] == 0
+    table = pd.read_csv(o / "p.csv")
+    raw, clean = tifffile.imread(o / "raw.tif"), tifffile.imread(o / "clean.tif")
+    centre = table["x"] + 254.1 - table["spec_col0"]
+    assert centre.between(6.0, 43.0).all() and centre.max() - centre.min() > 20
+    assert table["offset_jitter"].nunique() > 10  # the box moved per frame
+    peak_raw = raw[:, :, 16:].sum(axis=1).argmax(axis=1)
+    peak_clean = clean[:, :, 16:].sum(axis=1).argmax(axis=1)
+    assert np.array_equal(peak_raw, peak_clean)
+    np.testing.assert_allclose(peak_raw + 0.5, centre, atol=0.75)

@@ -13,6 +13,7 @@ from srsmlm.training import (  # noqa: E402
     TrainingConfig,
     compiled_model,
     completed_epochs,
+    epoch_flips,
     epoch_order,
     learning_rate,
     make_dataset,
@@ -182,6 +183,26 @@ def test_make_dataset_batches_each_epoch_in_its_order():
     np.testing.assert_array_equal(np.concatenate(batches[3:]), epoch_order(10, 5, 2))
     plain = np.concatenate([b[0].numpy()[:, 0] for b in make_dataset(x, x, 4)])
     np.testing.assert_array_equal(plain, np.arange(10))
+
+
+def test_make_dataset_flips_rows_of_input_and_target_alike_per_seed_and_epoch():
+    n = 12
+    x = np.arange(n * 4 * 3, dtype=np.float32).reshape(n, 4, 3, 1)  # rows 0..3 distinct
+    y = 2 * x
+    plain = list(make_dataset(x, y, 5, seed=3, epochs=(0, 2)))
+    flipped = list(make_dataset(x, y, 5, seed=3, epochs=(0, 2), flip_rows=True))
+    got_x = np.concatenate([b[0].numpy() for b in flipped])
+    got_y = np.concatenate([b[1].numpy() for b in flipped])
+    want = np.concatenate([b[0].numpy() for b in plain])
+    flips = np.concatenate([epoch_flips(n, 3, e) for e in (0, 1)])
+    assert 0 < flips.sum() < len(flips)
+    np.testing.assert_array_equal(got_x[~flips], want[~flips])
+    np.testing.assert_array_equal(got_x[flips], want[flips][:, ::-1])
+    np.testing.assert_array_equal(got_y, 2 * got_x)  # the target mirrored with its input
+    assert not np.array_equal(epoch_flips(n, 3, 0), epoch_flips(n, 3, 1))
+    # validation (no epochs) is never flipped
+    val = np.concatenate([b[0].numpy() for b in make_dataset(x, y, 5, flip_rows=True)])
+    np.testing.assert_array_equal(val, x)
 
 
 def test_make_dataset_gathers_the_given_rows_without_copying_them():

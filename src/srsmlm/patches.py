@@ -10,6 +10,7 @@ stays bounded whatever the acquisition size.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 from collections.abc import Iterator
@@ -60,6 +61,7 @@ class PatchParams:
     target: str = "sf_fusion"
     target_max_crlb_nm: float = 1.5
     target_max_frames: int | None = None
+    spectral_position: tuple[float, float] | None = None
 
     @classmethod
     def from_config(cls, section: dict) -> PatchParams:
@@ -67,6 +69,8 @@ class PatchParams:
         kw = {k: section[k] for k in keys if k in section}
         if "offset_jitter" in kw:
             kw["offset_jitter"] = tuple(int(v) for v in kw["offset_jitter"])
+        if kw.get("spectral_position") is not None:
+            kw["spectral_position"] = tuple(float(v) for v in kw["spectral_position"])
         return cls(**kw)
 
 
@@ -168,7 +172,8 @@ def model_run_targets(
     p: PatchParams,
     tm: TargetModel,
     threads: int = 1,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame]:
+    positions: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame, Boxes, np.ndarray]:
     """Model targets (:mod:`srsmlm.targets`) for runs of raw patches cut at ``boxes``, through
     the same normalisation, top-hat and range limit as the SF targets. Returns (target, sf_raw,
     sf_target, fits) where ``fits`` holds the leave-one-out fit per patch (``has_target``: the
@@ -183,6 +188,10 @@ def model_run_targets(
         & (fits["n_others"].to_numpy() > 0)
         & (fits["crlb_nm"].to_numpy() <= p.target_max_crlb_nm)
     )
+    if positions is not None:
+        boxes, raw, inside = boxes_at_positions(stack, runs, boxes, raw, fits, positions, g)
+        fits["box_inside"] = inside
+        fits["has_target"] &= inside
     ok = fits["has_target"].to_numpy()
     rendered = np.zeros(raw.shape, dtype=np.float32)
     rendered[ok] = render_targets(
@@ -198,7 +207,43 @@ def model_run_targets(
     target = clean_target(rendered, g, p.amp_factor, p.tophat_radius, threads)
     sf_target = spatial_frequency(target)
     target = limit_range(target, p.target_max).astype(np.float32, copy=False)
-    return target, spatial_frequency(raw), sf_target, fits
+    return target, spatial_frequency(raw), sf_target, fits, boxes, raw
+
+
+def at_positions(
+    boxes: Boxes, x: np.ndarray, distance_px: np.ndarray, positions: np.ndarray
+) -> Boxes:
+    """The boxes with each spectral box moved along x so that the spectrum centred at column
+    ``x + distance_px`` (frame px, a pixel c spans [c, c+1)) sits at ``positions`` (box px,
+    rounded down to whole pixels: it lands in [position, position + 1)). NaN centres keep
+    their box."""
+    centre = np.asarray(x, np.float64) + np.asarray(distance_px, np.float64)
+    col0 = np.floor(centre - np.asarray(positions, np.float64))
+    finite = np.isfinite(col0)
+    moved = boxes.spec_col0.copy()
+    moved[finite] = col0[finite].astype(np.int64)
+    return dataclasses.replace(boxes, spec_col0=moved)
+
+
+def boxes_at_positions(
+    stack: Stack,
+    runs: pd.DataFrame,
+    boxes: Boxes,
+    raw: np.ndarray,
+    fits: pd.DataFrame,
+    positions: np.ndarray,
+    g: Geometry,
+) -> tuple[Boxes, np.ndarray, np.ndarray]:
+    """Move each frame's spectral box so that its leave-one-out spectral centre sits at its
+    drawn position (:func:`at_positions`) and cut the patches again there. Returns the boxes,
+    the raw patches and the mask of boxes inside the frame (the others keep their old patch and
+    get no target)."""
+    moved = at_positions(boxes, runs["x"].to_numpy(), fits["distance_px"].to_numpy(), positions)
+    inside = moved.inside(g, stack.frame_shape)
+    raw = raw.copy()
+    if inside.any():
+        raw[inside] = extract_patches(stack, moved.subset(inside), g)
+    return moved, raw, inside
 
 
 def _run_starts(run_ids: np.ndarray) -> np.ndarray:
@@ -234,7 +279,7 @@ def check_geometry_fits(g: Geometry, frame_shape: tuple[int, int], stack_path) -
 
 
 def run_jitter(n_runs: int, p: PatchParams, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Per-run augmentation draws (integers, px), from the seeded generator, in run order."""
+    """Augmentation draws (integers, px) for ``n_runs`` boxes, from the seeded generator."""
     lo, hi = p.offset_jitter
     return {
         "offset_jitter": rng.integers(lo, hi + 1, n_runs),
@@ -242,6 +287,23 @@ def run_jitter(n_runs: int, p: PatchParams, rng: np.random.Generator) -> dict[st
         "shift_x": rng.integers(-p.box_shift, p.box_shift + 1, n_runs),
         "shift_y": rng.integers(-p.box_shift, p.box_shift + 1, n_runs),
     }
+
+
+def row_jitter(
+    run_index: np.ndarray, p: PatchParams, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Every row's augmentation draws: one per frame under model targets (each frame's target
+    is rendered at its own box, so a run's boxes need not line up, and the network sees as many
+    spectral positions as patches), one per run under SF-fusion targets (the fusion adds up the
+    run's boxes pixel by pixel, so they must share one position)."""
+    if p.target == "model":
+        draws = run_jitter(len(run_index), p, rng)
+        if p.spectral_position is not None:  # the box follows the spectrum, not offset_jitter
+            draws["position"] = rng.uniform(*p.spectral_position, len(run_index))
+            draws["offset_jitter"] = np.zeros(len(run_index), dtype=np.int64)
+        return draws
+    n_runs = int(run_index.max()) + 1 if len(run_index) else 0
+    return {k: v[run_index] for k, v in run_jitter(n_runs, p, rng).items()}
 
 
 def background_boxes(
@@ -301,7 +363,7 @@ def background_boxes(
 @dataclass
 class RunPlan:
     """The runs of an acquisition and their boxes: ``runs`` sorted by run and frame, each run's
-    first row (``starts``), the run of every row, the per-run jitter draws, every row's boxes,
+    first row (``starts``), the run of every row, every row's jitter draws (:func:`row_jitter`), its boxes,
     and the runs whose boxes all lie in the frame, in order of their first frame."""
 
     runs: pd.DataFrame
@@ -328,20 +390,20 @@ def plan_runs(
     med = runs.groupby("cluster", sort=True)[["pixel_x", "pixel_y"]].median()
     run_px = np.floor(med["pixel_x"].to_numpy()).astype(np.int64)
     run_py = np.floor(med["pixel_y"].to_numpy()).astype(np.int64)
-    jit = run_jitter(n_runs, p, rng)
     run_index = np.repeat(np.arange(n_runs), np.diff(np.append(starts, len(runs))))
+    jit = row_jitter(run_index, p, rng)
     boxes = place_boxes(
         runs["frame"].to_numpy(),
         run_px[run_index],
         run_py[run_index],
         g,
-        jit["offset_jitter"][run_index],
-        jit["row_jitter"][run_index],
-        jit["shift_x"][run_index],
-        jit["shift_y"][run_index],
+        jit["offset_jitter"],
+        jit["row_jitter"],
+        jit["shift_x"],
+        jit["shift_y"],
     )
     inside = boxes.inside(g, frame_shape)
-    # a run is usable only if all its boxes are inside (they share one position)
+    # a run is usable only if all its boxes are inside (its patches are fitted together)
     run_inside = np.logical_and.reduceat(inside, starts) if n_runs else np.zeros(0, bool)
     counts["runs"] = n_runs
     counts["runs_outside_frame"] = int((~run_inside).sum())
@@ -370,7 +432,9 @@ def signal_patches(
     """Cut the runs' patches chunk by chunk, build their targets (``p.target``), keep frames
     by the SF-ratio rule and brightness, spool the kept patches; returns their table rows."""
     runs, starts = plan.runs, plan.starts
-    counts.update(dropped_ratio=0, dropped_dim=0, dropped_no_target=0, signal_patches=0)
+    counts.update(
+        dropped_ratio=0, dropped_dim=0, dropped_no_target=0, dropped_box_outside=0, signal_patches=0
+    )
     rows: list[pd.DataFrame] = []
 
     def read_chunk(chunk: np.ndarray) -> tuple[np.ndarray, Boxes, np.ndarray]:
@@ -391,12 +455,14 @@ def signal_patches(
             )
     log.info(
         "signal patches (%s targets): %d frames in %d usable runs; %d without a target (no other "
-        "usable frame in the run), %d dropped by the SF-ratio rule, %d dropped as dim (loc max < "
+        "usable frame in the run), %d whose box at its spectral_position left the frame, %d "
+        "dropped by the SF-ratio rule, %d dropped as dim (loc max < "
         "min_loc_max=%s); %d kept",
         p.target,
         len(runs),
         len(plan.kept_runs),
         counts["dropped_no_target"],
+        counts["dropped_box_outside"],
         counts["dropped_ratio"],
         counts["dropped_dim"],
         p.min_loc_max,
@@ -424,34 +490,41 @@ def _chunk_patches(
     cstarts = _run_starts(runs["cluster"].to_numpy()[idx])
     extra: dict[str, np.ndarray] = {}
     has_target = np.ones(len(idx), dtype=bool)
+    outside = np.zeros(len(idx), dtype=bool)
     if p.target == "model":
         if target_model is None:
             raise ValueError("patches.target 'model' needs a TargetModel")
-        target, sf_raw, sf_target, fits = model_run_targets(
-            stack, runs.iloc[idx], sub, raw, cstarts, g, p, target_model, threads
+        positions = plan.jitter["position"][idx] if "position" in plan.jitter else None
+        target, sf_raw, sf_target, fits, sub, raw = model_run_targets(
+            stack, runs.iloc[idx], sub, raw, cstarts, g, p, target_model, threads, positions
         )
         has_target = fits["has_target"].to_numpy()
+        if positions is not None:  # moved boxes that left the frame: counted on their own
+            outside = ~fits["box_inside"].to_numpy()
+            counts["dropped_box_outside"] += int(outside.sum())
+            has_target = has_target | outside
         extra = _target_columns(fits, g, target_model)
     else:
         target, sf_raw, sf_target = run_targets(raw, cstarts, g, p, threads)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = sf_target / sf_raw
-    keep = has_target.copy()
-    counts["dropped_no_target"] += int((~keep).sum())
-    selected = select_frames(np.where(has_target, ratio, np.nan), cstarts)
+    counts["dropped_no_target"] += int((~has_target).sum())
+    keep = has_target & ~outside
+    selected = select_frames(np.where(keep, ratio, np.nan), cstarts)
     counts["dropped_ratio"] += int((keep & ~selected).sum())
     keep &= selected
     bright = raw[:, :, : g.loc_width].max(axis=(1, 2)) >= p.min_loc_max
     counts["dropped_dim"] += int((keep & ~bright).sum())
     keep &= bright
     spool.add(raw=raw[keep], clean=target[keep])
-    r_of = plan.run_index[idx[keep]]
     table = runs.iloc[idx[keep]].assign(
         loc_row0=sub.loc_row0[keep],
         loc_col0=sub.loc_col0[keep],
         spec_row0=sub.spec_row0[keep],
         spec_col0=sub.spec_col0[keep],
-        offset_jitter=plan.jitter["offset_jitter"][r_of],
+        offset_jitter=(
+            sub.spec_col0 - plan.boxes.spec_col0[idx] + plan.jitter["offset_jitter"][idx]
+        )[keep],
         sf_raw=sf_raw[keep],
         sf_target=sf_target[keep],
         sf_ratio=ratio[keep],

@@ -62,6 +62,7 @@ class TrainingConfig:
     schedule: str = "cosine"
     warmup_epochs: float = 1.0
     clipnorm: float | None = 1.0
+    flip_rows: bool = False
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> TrainingConfig:
@@ -96,6 +97,12 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+def epoch_flips(n: int, seed: int, epoch: int) -> np.ndarray:
+    """Which of an epoch's ``n`` patches (in batch order) are mirrored top to bottom: a
+    function of (seed, epoch) only, like :func:`epoch_order`."""
+    return np.random.default_rng([seed, epoch, 1]).random(n) < 0.5
+
+
 def make_dataset(
     x: np.ndarray | tf.Tensor,
     y: np.ndarray | tf.Tensor,
@@ -103,6 +110,7 @@ def make_dataset(
     seed: int | None = None,
     epochs: tuple[int, int] | None = None,
     rows: np.ndarray | None = None,
+    flip_rows: bool = False,
 ) -> tf.data.Dataset:
     """tf.data pipeline of (x, y) batches, prefetched.
 
@@ -112,25 +120,35 @@ def make_dataset(
     ``steps_per_epoch = ceil(len(rows) / batch_size)``. Without, one pass in the given order
     (validation). Pass tensors to share one copy of the patches between datasets: batches are
     gathered from it inside the graph (no Python per batch, no shuffled copy of the set).
+    ``flip_rows`` (with ``epochs``) mirrors half of each epoch's patches, input and target alike,
+    top to bottom (:func:`epoch_flips`): a spot and a spectrum mirrored about the patch's middle
+    row are as likely as the originals, so this doubles the patches the network sees.
     """
     rows = np.arange(int(x.shape[0])) if rows is None else np.asarray(rows)
     index_dtype = np.int32 if int(x.shape[0]) < 2**31 else np.int64
     n = len(rows)
     if epochs is None:
         orders = rows[None, :]
+        flips = np.zeros_like(orders, dtype=bool)
     else:
         per_epoch = [rows[epoch_order(n, int(seed or 0), e)] for e in range(*epochs)]
         orders = np.stack(per_epoch) if per_epoch else np.zeros((0, n), rows.dtype)
+        flips = np.stack([epoch_flips(n, int(seed or 0), e) for e in range(*epochs)] or [[]])
+        flips = flips.reshape(orders.shape) & bool(flip_rows)
     xt = tf.cast(tf.convert_to_tensor(x), tf.float32)  # no copy when already a float32 tensor
     yt = tf.cast(tf.convert_to_tensor(y), tf.float32)
-    ds = tf.data.Dataset.from_tensor_slices(orders.astype(index_dtype)).flat_map(
-        lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+    ds = tf.data.Dataset.from_tensor_slices((orders.astype(index_dtype), flips)).flat_map(
+        lambda order, flip: tf.data.Dataset.from_tensor_slices((order, flip)).batch(batch_size)
     )  # a batch never spans two epochs
-    ds = ds.map(
-        lambda idx: (tf.gather(xt, idx), tf.gather(yt, idx)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
+
+    def gather(idx: tf.Tensor, flip: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        xb, yb = tf.gather(xt, idx), tf.gather(yt, idx)
+        if not flip_rows:
+            return xb, yb
+        mask = tf.reshape(flip, [-1] + [1] * (len(xb.shape) - 1))
+        return tf.where(mask, tf.reverse(xb, [1]), xb), tf.where(mask, tf.reverse(yb, [1]), yb)
+
+    ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     n_batches = len(orders) * math.ceil(n / batch_size)
     return ds.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(tf.data.AUTOTUNE)
 
@@ -510,7 +528,13 @@ def run_epochs(
     ]
     # one seeded order per epoch, from the epoch the backup stopped at
     train_ds = make_dataset(
-        x, y, training.batch_size, seed, (first_epoch, training.epochs), fit_idx
+        x,
+        y,
+        training.batch_size,
+        seed,
+        (first_epoch, training.epochs),
+        fit_idx,
+        flip_rows=training.flip_rows,
     )
     val_ds = make_dataset(x, y, max(training.batch_size, 256), rows=val_idx)
     t0 = time.perf_counter()
