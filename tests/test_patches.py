@@ -13,6 +13,7 @@ from srsmlm.localizations import filter_stage
 from srsmlm.patches import (
     PatchParams,
     background_boxes,
+    check_spectral_position,
     place_boxes,
     prepare_patches,
     row_jitter,
@@ -308,3 +309,11 @@ def test_row_jitter_per_frame_for_model_targets_per_run_for_sf_fusion():
     assert row_jitter(np.zeros(0, np.int64), PatchParams(), np.random.default_rng(0))[
         "offset_jitter"
     ].shape == (0,)
+
+
+def test_spectral_position_must_be_a_range_in_the_box():
+    for bad in ((10.0, 10.0), (30.0, 5.0), (-20.0, 0.0), (48.0, 60.0)):
+        with pytest.raises(InputError, match="spectral_position"):
+            check_spectral_position(PatchParams(target="model", spectral_position=bad), G)
+    for ok in ((0.0, 48.0), (-12.0, 60.0), None):
+        check_spectral_position(PatchParams(target="model", spectral_position=ok), G)

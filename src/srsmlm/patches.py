@@ -175,11 +175,13 @@ def model_run_targets(
     positions: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame, Boxes, np.ndarray]:
     """Model targets (:mod:`srsmlm.targets`) for runs of raw patches cut at ``boxes``, through
-    the same normalisation, top-hat and range limit as the SF targets. Returns (target, sf_raw,
-    sf_target, fits) where ``fits`` holds the leave-one-out fit per patch (``has_target``: the
-    other usable frames of the run, at most ``p.target_max_frames`` nearest in time, were
-    fitted, converged, and place the centre to within ``p.target_max_crlb_nm``, the CRLB of
-    their joint fit)."""
+    the same normalisation, top-hat and range limit as the SF targets. With ``positions`` (box
+    px, one per patch) each spectral box is first moved so the fitted spectrum sits there
+    (:func:`boxes_at_positions`; ``fits["box_inside"]``). Returns (target, sf_raw, sf_target,
+    fits, boxes, raw): the patches' final boxes and raw patches, and ``fits`` holds the
+    leave-one-out fit per patch (``has_target``: the other usable frames of the run, at most
+    ``p.target_max_frames`` nearest in time, were fitted, converged, and place the centre to
+    within ``p.target_max_crlb_nm``, the CRLB of their joint fit; the box is in the frame)."""
     from .targets import leave_one_out_fits, render_targets
 
     fits = leave_one_out_fits(stack, runs, run_starts, g, tm, p.target_max_frames)
@@ -250,6 +252,20 @@ def _run_starts(run_ids: np.ndarray) -> np.ndarray:
     if len(run_ids) == 0:
         return np.zeros(0, dtype=np.int64)
     return np.flatnonzero(np.r_[True, run_ids[1:] != run_ids[:-1]])
+
+
+def check_spectral_position(p: PatchParams, g: Geometry) -> None:
+    """``spectral_position`` must be a range (min < max) that overlaps the spectral box."""
+    if p.spectral_position is None:
+        return
+    lo, hi = p.spectral_position
+    if not lo < hi or hi <= 0 or lo >= g.spectral_width:
+        raise InputError(
+            "config/config.yaml",
+            f"patches.spectral_position [{lo:g}, {hi:g}] is not a range inside the "
+            f"{g.spectral_width} px spectral box",
+            f"set it to [0, {g.spectral_width}] (the whole box) or null",
+        )
 
 
 def check_inside_stack(df: pd.DataFrame, stack: Stack, table: str | Path) -> None:
@@ -363,8 +379,8 @@ def background_boxes(
 @dataclass
 class RunPlan:
     """The runs of an acquisition and their boxes: ``runs`` sorted by run and frame, each run's
-    first row (``starts``), the run of every row, every row's jitter draws (:func:`row_jitter`), its boxes,
-    and the runs whose boxes all lie in the frame, in order of their first frame."""
+    first row (``starts``), the run of every row, every row's jitter draws (:func:`row_jitter`)
+    and boxes, and the runs whose boxes all lie in the frame, in order of their first frame."""
 
     runs: pd.DataFrame
     starts: np.ndarray
@@ -502,14 +518,13 @@ def _chunk_patches(
         if positions is not None:  # moved boxes that left the frame: counted on their own
             outside = ~fits["box_inside"].to_numpy()
             counts["dropped_box_outside"] += int(outside.sum())
-            has_target = has_target | outside
         extra = _target_columns(fits, g, target_model)
     else:
         target, sf_raw, sf_target = run_targets(raw, cstarts, g, p, threads)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = sf_target / sf_raw
-    counts["dropped_no_target"] += int((~has_target).sum())
-    keep = has_target & ~outside
+    counts["dropped_no_target"] += int((~has_target & ~outside).sum())
+    keep = has_target.copy()
     selected = select_frames(np.where(keep, ratio, np.nan), cstarts)
     counts["dropped_ratio"] += int((keep & ~selected).sum())
     keep &= selected
@@ -641,6 +656,7 @@ def prepare_patches(
     g, p = geometry, params
     if p.target not in TARGETS:
         raise ValueError(f"patches.target {p.target!r}: use one of {', '.join(TARGETS)}")
+    check_spectral_position(p, g)
     runs = pd.read_csv(clusters_path)
     counts: dict[str, int] = {"localizations_in_runs": len(runs)}
     locs = None
