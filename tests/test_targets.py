@@ -280,26 +280,20 @@ def test_model_target_needs_a_target_model_and_known_names(tmp_path):
     assert not (tmp_path / "raw.tif").exists()
 
 
-def test_molecule_free_patches_get_empty_model_targets(tmp_path):
-    path, runs, _ = noise_free_run(tmp_path, n_frames=12)
+def model_patches(path, runs, p, tmp_path, out):
+    """The patch stage with model targets on a noise-free run (its table as clusters and
+    localizations); writes raw.tif, clean.tif and p.csv under ``out``; returns the counts."""
     cp = tmp_path / "clusters.csv"
     runs.drop(columns="crowded").to_csv(cp, index=False)
+    files = (out / "raw.tif", out / "clean.tif", out / "p.csv")
+    return prepare_patches(cp, cp, path, G, p, 1, "acq", 9, *files, target_model=model())
+
+
+def test_molecule_free_patches_get_empty_model_targets(tmp_path):
+    path, runs, _ = noise_free_run(tmp_path, n_frames=12)
     p = PatchParams(**dict(NOJIT, background_patches=9), target="model")
     o = tmp_path / "out"
-    counts = prepare_patches(
-        cp,
-        cp,
-        path,
-        G,
-        p,
-        1,
-        "acq",
-        9,
-        o / "raw.tif",
-        o / "clean.tif",
-        o / "p.csv",
-        target_model=model(),
-    )
+    counts = model_patches(path, runs, p, tmp_path, o)
     assert counts["background_patches"] == 9 and counts["signal_patches"] == 12
     table = pd.read_csv(o / "p.csv")
     clean = tifffile.imread(o / "clean.tif")
@@ -325,24 +319,9 @@ def test_spectral_position_cuts_each_frame_where_its_spectrum_lands(tmp_path):
     """With a flat position prior every frame's raw patch is cut with the spectrum at its drawn
     position, and its target is drawn in that same box (noise-free: the same peak column)."""
     path, runs, _ = noise_free_run(tmp_path, n_frames=30, x=40.3, distance=254.1, width=5.0)
-    cp = tmp_path / "clusters.csv"
-    runs.drop(columns="crowded").to_csv(cp, index=False)
     p = PatchParams(**NOJIT, target="model", spectral_position=(6.0, 42.0), target_max=None)
     o = tmp_path / "out"
-    counts = prepare_patches(
-        cp,
-        cp,
-        path,
-        G,
-        p,
-        1,
-        "acq",
-        9,
-        o / "raw.tif",
-        o / "clean.tif",
-        o / "p.csv",
-        target_model=model(),
-    )
+    counts = model_patches(path, runs, p, tmp_path, o)
     assert counts["signal_patches"] == 30 and counts["dropped_box_outside"] == 0
     table = pd.read_csv(o / "p.csv")
     raw, clean = tifffile.imread(o / "raw.tif"), tifffile.imread(o / "clean.tif")
