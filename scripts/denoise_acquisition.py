@@ -18,4 +18,6 @@ run_step(
     denoised_tif=snakemake.output.denoised,
     table_csv=snakemake.output.table,
     skipped_csv=snakemake.output.skipped,
+    shifts=snakemake.params.shifts,
+    profile_rows=snakemake.params.profile_rows,
 )

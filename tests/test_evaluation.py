@@ -105,3 +105,17 @@ def test_paired_comparison_scores_both_fits_on_the_localizations_both_read(tmp_p
     table = pd.read_csv(tmp_path / "e.csv")
     paired = table[table["estimator"] == "raw_gaussian_fit_paired"]
     assert set(paired["by"]) == {"signal_bin", "dye"} and paired["n"].sum() == 12
+
+
+def test_error_by_quantiles_ranks_errors_by_a_trust_value():
+    from srsmlm.evaluation import error_by_quantiles
+
+    value = np.arange(10.0)
+    err = np.array([1, -1, 1, -1, 2, -2, 3, -3, 4, np.nan])
+    out = error_by_quantiles(err, value, 2)
+    assert [b["n"] for b in out] == [4, 5]  # finite pairs: values 0-3 | 4-8
+    assert out[0]["median_abs_error_nm"] == 1.0 and out[1]["rmse_nm"] == pytest.approx(
+        np.sqrt((4 + 4 + 9 + 9 + 16) / 5)
+    )
+    assert out[0]["from"] == 0.0 and out[1]["to"] == 8.0
+    assert error_by_quantiles(err[:1], value[:1], 2) == []

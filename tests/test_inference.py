@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -122,6 +123,74 @@ def test_denoise_every_localization_in_order(tiny_model, tmp_path):
         skipped["localization_index"].tolist() == [3]
         and skipped["reason"].iloc[0] == "box leaves the frame"
     )
+    assert table["denoised_shifts"].tolist() == [1, 1, 1, 1]
+
+
+def test_denoise_with_shifts_fits_every_shifted_prediction(tiny_model, tmp_path):
+    """Cycle spinning: denoised.tif still holds the unshifted predictions (the same as without
+    shifts); the table's denoised fit averages one prediction per shift that fits the frame,
+    each equal to the prediction of the patch cut at the moved box."""
+    from srsmlm.model import load_model
+    from srsmlm.patches import extract_patches, place_boxes
+    from srsmlm.spectra import shift_fits
+    from srsmlm.stack import Stack
+
+    rng = np.random.default_rng(5)
+    stack = rng.integers(90, 110, (3, 64, 320)).astype(np.uint16)
+    for f, (x, y) in enumerate(
+        [(30, 20), (40, 40), (41, 30)]
+    ):  # the last box ends at column 318: +2 leaves the frame
+        stack[f, y - 1 : y + 2, x + 240 : x + 250] += 400
+    tifffile.imwrite(tmp_path / "s.ome.tif", stack, ome=True, metadata={"axes": "TYX"})
+    locs = pd.DataFrame({"frame": [1, 2, 3], "x": [30.5, 40.5, 41.5], "y": [20.5, 40.5, 30.5]})
+    locs["pixel_x"], locs["pixel_y"] = [30, 40, 41], [20, 40, 30]
+    locs.to_csv(tmp_path / "loc.csv", index=False)
+    outs = {}
+    for name, shifts in (("plain", (0,)), ("spun", (-2, 0, 2))):
+        o = tmp_path / name
+        denoise_acquisition(
+            tmp_path / "loc.csv",
+            tmp_path / "s.ome.tif",
+            *tiny_model,
+            G,
+            2,
+            2,
+            o / "raw.tif",
+            o / "den.tif",
+            o / "patches.csv",
+            o / "skipped.csv",
+            shifts=shifts,
+            profile_rows=4,
+        )
+        outs[name] = (tifffile.imread(o / "den.tif"), pd.read_csv(o / "patches.csv"))
+    # (equal up to float round-off: oneDNN sums depend on how patches are batched)
+    np.testing.assert_allclose(outs["plain"][0], outs["spun"][0], atol=1e-6)
+    table = outs["spun"][1]
+    assert table["denoised_shifts"].tolist() == [3, 3, 2]
+    model = load_model(*tiny_model, G)
+    boxes = place_boxes(locs["frame"], locs["pixel_x"], locs["pixel_y"], G)
+    pred, ok = [], np.array([[1, 1, 1], [1, 1, 1], [1, 1, 0]], bool)
+    with Stack(tmp_path / "s.ome.tif") as st:
+        for k, s in enumerate((-2, 0, 2)):
+            moved = dataclasses.replace(boxes, spec_col0=boxes.spec_col0 + np.where(ok[k], s, 0))
+            pred.append(predict_batches(model, extract_patches(st, moved, G), 2))
+    expected = shift_fits(
+        np.stack(pred), ok, locs["y"], boxes.spec_row0, np.array([-2, 0, 2]), G, 4
+    )
+    for key in ("centre_px", "centre_sd_px", "width_px", "amplitude", "residual"):
+        np.testing.assert_allclose(table[f"denoised_{key}"], expected[key], rtol=1e-5, atol=1e-6)
+
+
+def test_denoise_refuses_shifts_without_zero(tmp_path):
+    with pytest.raises(InputError, match="shifts_px.*lacks 0"):
+        denoise_acquisition(
+            *(tmp_path / n for n in ("loc.csv", "s.tif", "m.keras", "m.json")),
+            G,
+            2,
+            2,
+            *(tmp_path / n for n in ("a", "b", "c", "d")),
+            shifts=(-1, 1),
+        )
 
 
 def test_denoise_refuses_model_of_other_geometry(tiny_model, tmp_path):

@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 from types import SimpleNamespace
 
@@ -14,11 +15,14 @@ from srsmlm.patches import (
     PatchParams,
     background_boxes,
     check_spectral_position,
+    extract_patches,
+    extract_shifted_patches,
     place_boxes,
     prepare_patches,
     row_jitter,
     run_jitter,
 )
+from srsmlm.stack import Stack
 
 G = Geometry(16, 16, 48, 230)
 NOJIT = dict(offset_jitter=(0, 0), row_jitter=0, box_shift=0, min_loc_max=0.0, background_patches=0)
@@ -317,3 +321,25 @@ def test_spectral_position_must_be_a_range_in_the_box():
             check_spectral_position(PatchParams(target="model", spectral_position=bad), G)
     for ok in ((0.0, 48.0), (-12.0, 60.0), None):
         check_spectral_position(PatchParams(target="model", spectral_position=ok), G)
+
+
+def test_shifted_patches_equal_patches_cut_at_shifted_boxes(tmp_path):
+    """One read of a window gives, for each shift, the patch cut at the box moved by it; near
+    the frame's right edge the shifts that leave it are masked (and repeat the unshifted patch)."""
+    rng = np.random.default_rng(3)
+    stack = rng.integers(0, 60000, (4, 40, 300)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "s.ome.tif", stack, ome=True, metadata={"axes": "TYX"})
+    # spectral boxes at columns 238-285, 251-298 (only shifts up to +1 fit the 300-px frame)
+    # and 245-292; the first localization box touches the left edge
+    boxes = place_boxes(np.array([2, 4, 1]), np.array([8, 21, 15]), np.array([10, 20, 30]), G)
+    shifts = np.array([-4, -2, 0, 2, 4])
+    with Stack(tmp_path / "s.ome.tif") as st:
+        out, ok = extract_shifted_patches(st, boxes, G, shifts)
+        assert out.shape == (5, 3, 16, 64) and out.dtype == np.float32
+        expected_ok = np.array([[1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 0, 1], [1, 0, 1]], bool)
+        np.testing.assert_array_equal(ok, expected_ok)
+        for k, s in enumerate(shifts):
+            moved = dataclasses.replace(boxes, spec_col0=boxes.spec_col0 + np.where(ok[k], s, 0))
+            np.testing.assert_array_equal(out[k], extract_patches(st, moved, G))
+        with pytest.raises(ValueError, match="must include 0"):
+            extract_shifted_patches(st, boxes, G, np.array([-1, 1]))

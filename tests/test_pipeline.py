@@ -146,10 +146,24 @@ def _planned_jobs(workdir) -> dict[str, int]:
         ),
         (
             "spectra",
-            "profile_rows",
-            6,
+            "max_denoised_residual",
+            0.1,
             {"spectra", "evaluate", "plot_report"},
             {"train_unet", "denoise_acquisition", "extract_patches"},
+        ),
+        (  # the denoise stage fits the shifted predictions' profiles
+            "spectra",
+            "profile_rows",
+            6,
+            {"denoise_acquisition", "spectra", "evaluate", "plot_report"},
+            {"train_unet", "extract_patches", "build_dataset"},
+        ),
+        (
+            "inference",
+            "shifts_px",
+            [0],
+            {"denoise_acquisition", "spectra", "evaluate", "plot_report"},
+            {"train_unet", "extract_patches", "evaluate_test"},
         ),
         (
             "patches",

@@ -58,6 +58,7 @@ def write_patch_inputs(d: Path, acq: Path, n: int, tile: int = 4096) -> None:
 
     from srsmlm.geometry import Geometry
     from srsmlm.patches import extract_patches, place_boxes
+    from srsmlm.spectra import shift_fits
     from srsmlm.stack import Stack
 
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
@@ -67,9 +68,22 @@ def write_patch_inputs(d: Path, acq: Path, n: int, tile: int = 4096) -> None:
     table = locs.assign(spec_row0=boxes.spec_row0, spec_col0=boxes.spec_col0)
     table.insert(0, "localization_index", np.arange(n))
     d.mkdir(parents=True, exist_ok=True)
-    table.to_csv(d / "patches.csv", index=False)
     with Stack(acq / "stack.ome.tif") as stack:
         patches = extract_patches(stack, boxes.subset(np.arange(tile)), g)
+    # the denoise stage's fit columns, as if the denoised patches were the raw ones (one shift)
+    fits = shift_fits(
+        patches[None],
+        np.ones((1, tile), bool),
+        table["y"].to_numpy()[:tile],
+        table["spec_row0"].to_numpy()[:tile],
+        np.array([0]),
+        g,
+        int(cfg["spectra"]["profile_rows"]),
+    )
+    reps = -(-n // tile)
+    for key, values in fits.items():
+        table[f"denoised_{key}"] = np.tile(values, reps)[:n]
+    table.to_csv(d / "patches.csv", index=False)
     pages = tifffile.memmap(
         d / "raw.tif", shape=(n, *g.shape), dtype=np.float32, metadata={"axes": "QYX"}
     )

@@ -13,12 +13,15 @@ from srsmlm.spectra import (
     Calibration,
     centroid,
     classify_dyes,
+    denoised_fit,
     fit_calibration,
     fused_readout,
     gaussian_fit,
     precision_by_signal,
     profile_rows,
     readout,
+    relative_residual,
+    shift_fits,
     spectral_profiles,
 )
 
@@ -296,7 +299,7 @@ def test_outer_median_equals_nanmedian_of_the_outer_rows():
 def test_spectra_stage_with_no_localization_names_the_cause(tmp_path):
     """Every box left the frame (denoise_acquisition wrote empty tables and TIFFs): one clear
     error naming the table and the geometry keys, and no output written."""
-    cols = ["localization_index", "frame", "x", "y", "signal", "spec_row0", "spec_col0"]
+    cols = [*spectra.TABLE_COLUMNS, *spectra.DENOISED_FIT_COLUMNS]
     pd.DataFrame(columns=cols).to_csv(tmp_path / "patches.csv", index=False)
     pd.DataFrame(columns=["localization_index", "cluster"]).to_csv(
         tmp_path / "clusters.csv", index=False
@@ -318,3 +321,94 @@ def test_spectra_stage_with_no_localization_names_the_cause(tmp_path):
             *outputs,
         )
     assert not any(p.exists() for p in outputs)
+
+
+def _spectral_patch(centres_px, y_in_box=8.0, amplitudes=(1.0,), sd_px=4.0):
+    """A noise-free patch whose spectral part holds Gaussians (columns, point-evaluated at the
+    pixel centres) times a Gaussian row profile around ``y_in_box``."""
+    cols = np.arange(G.spectral_width) + 0.5
+    gx = sum(
+        a * np.exp(-((cols - c) ** 2) / (2 * sd_px**2))
+        for c, a in zip(centres_px, amplitudes, strict=True)
+    )
+    gy = np.exp(-((np.arange(16) + 0.5 - y_in_box) ** 2) / (2 * 1.3**2))
+    patch = np.zeros(G.shape)
+    patch[:, 16:] = gy[:, None] * gx[None, :]
+    return patch
+
+
+def test_shift_fits_average_the_shifted_predictions_in_the_planned_box():
+    """Cycle spinning: a spectrum at column c of the planned box sits at c - s in the box moved
+    by s; every shift's fit maps back to c. Two spectra give a large residual; a shift masked
+    out is ignored; a shift whose fit fails voids the centre."""
+    shifts = np.array([-4, 0, 4])
+    centres = [20.3, None, 30.0, 25.0]
+    pred = np.zeros((3, 4, *G.shape))
+    for k, s in enumerate(shifts):
+        pred[k, 0] = _spectral_patch([20.3 - s])
+        pred[k, 1] = _spectral_patch([16.0 - s, 30.0 - s], amplitudes=(1.0, 0.6))
+        pred[k, 2] = _spectral_patch([30.0 - s]) if s != 4 else 0.0  # masked out below
+        pred[k, 3] = _spectral_patch([25.0 - s], amplitudes=(-1.0 if s == 4 else 1.0,))
+    ok = np.ones((3, 4), bool)
+    ok[2, 2] = False
+    y = np.full(4, 108.0)
+    spec_row0 = np.full(4, 100)
+    out = shift_fits(pred, ok, y, spec_row0, shifts, G, n_rows=4)
+    assert out["centre_px"][0] == pytest.approx(centres[0], abs=1e-6)
+    assert out["centre_sd_px"][0] == pytest.approx(0.0, abs=1e-6)
+    assert out["width_px"][0] == pytest.approx(4.0, abs=1e-6)
+    assert out["residual"][0] < 1e-6
+    assert out["residual"][1] > 0.06
+    assert out["centre_px"][2] == pytest.approx(30.0, abs=1e-6) and out["shifts"][2] == 2
+    assert np.isnan(out["centre_px"][3]) and np.isnan(out["residual"][3])
+    assert out["shifts"].tolist() == [3, 3, 2, 3]
+
+
+def test_shift_fits_spread_is_the_sd_of_the_shift_centres():
+    shifts = np.array([-2, 0, 2])
+    pred = np.stack(
+        [_spectral_patch([24.0 + d - s])[None] for s, d in zip(shifts, (-1, 0, 1), strict=True)]
+    )
+    out = shift_fits(pred, np.ones((3, 1), bool), np.array([8.0]), np.array([0]), shifts, G, 4)
+    assert out["centre_px"][0] == pytest.approx(24.0, abs=1e-6)
+    assert out["centre_sd_px"][0] == pytest.approx(np.std([-1.0, 0.0, 1.0]), abs=1e-6)
+
+
+def test_relative_residual_of_a_clean_and_a_double_profile():
+    pos = np.broadcast_to(np.arange(48) + 0.5, (2, 48))
+    one = 2.0 * np.exp(-((pos[0] - 20) ** 2) / 32) + 0.1
+    two = one + 2.0 * np.exp(-((pos[0] - 36) ** 2) / 32)
+    prof = np.stack([one, two])
+    fit = gaussian_fit(prof, pos)
+    r = relative_residual(prof, pos, fit)
+    assert r[0] < 1e-8 and r[1] > 0.1
+
+
+def test_denoised_fit_in_nm_and_the_residual_rule():
+    cal = Calibration(560.0, 2.0)
+    table = pd.DataFrame(
+        {
+            "x": [40.25, 50.5, 60.0],
+            "spec_col0": [270, 280, 290],
+            "denoised_centre_px": [10.0, 20.0, np.nan],
+            "denoised_centre_sd_px": [0.5, 0.2, np.nan],
+            "denoised_width_px": [4.0, 5.0, np.nan],
+            "denoised_amplitude": [0.8, 0.9, np.nan],
+            "denoised_residual": [0.01, 0.2, np.nan],
+        }
+    )
+    out = denoised_fit(table, G, cal, max_residual=0.06)
+    # centre at px spec_col0 + 10 - x = 239.75 from the spot: 560 + (239.75 - 230) * 2
+    assert out["fit_centre"][0] == pytest.approx(579.5)
+    assert out["fit_width"][0] == pytest.approx(8.0) and out["fit_spread"][0] == pytest.approx(1.0)
+    assert np.isnan(out["fit_centre"][1:]).all() and np.isnan(out["fit_amplitude"][1:]).all()
+    np.testing.assert_array_equal(out["fit_residual"], table["denoised_residual"])
+    kept = denoised_fit(table, G, cal, max_residual=np.inf)
+    assert kept["fit_centre"][1] == pytest.approx(560 + (280 + 20 - 50.5 - 230) * 2)
+
+
+def test_spectra_stage_refuses_a_patch_table_without_the_denoised_fit(tmp_path):
+    """A patch table from before cycle spinning: one error naming the table and the rerun."""
+    pd.DataFrame(columns=list(spectra.TABLE_COLUMNS)).to_csv(tmp_path / "p.csv", index=False)
+    with pytest.raises(InputError, match="p.csv.*denoised_centre_px.*rerun denoise_acquisition"):
+        spectra.load_patch_table(tmp_path / "p.csv", tmp_path / "c.csv", (), G)

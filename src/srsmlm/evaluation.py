@@ -35,6 +35,7 @@ PAIRED = {"denoised_gaussian_fit": "raw_gaussian_fit"}
 #: the spectra.csv columns the evaluation reads (the others are not read: bounded memory)
 SPECTRA_COLUMNS = frozenset(
     {"frame", "x", "y", "signal", "cluster", "sc_mle_flag", "sc_mle_crlb_nm"}
+    | {"fit_denoised_spread_nm"}
     | set(ESTIMATORS.values())
     | {f"dye_{name}" for name in ("raw", "denoised", "mle")}
 )
@@ -241,6 +242,29 @@ def spectral_shift(
     return out
 
 
+def error_by_quantiles(err: np.ndarray, value: np.ndarray, n: int) -> list[dict[str, float]]:
+    """Median and RMS error in ``n`` quantile bins of ``value`` (finite pairs only): does a
+    per-localization trust value (e.g. the spread of the cycle-spun denoised centres) rank the
+    errors?"""
+    ok = np.isfinite(err) & np.isfinite(value)
+    if ok.sum() < n:
+        return []
+    e, v = err[ok], value[ok]
+    edges = np.quantile(v, np.linspace(0, 1, n + 1))
+    which = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, n - 1)
+    return [
+        {
+            "from": float(edges[b]),
+            "to": float(edges[b + 1]),
+            "n": int((which == b).sum()),
+            "median_abs_error_nm": float(np.median(np.abs(e[which == b]))),
+            "rmse_nm": float(np.sqrt(np.mean(e[which == b] ** 2))),
+        }
+        for b in range(n)
+        if (which == b).any()
+    ]
+
+
 def evaluate(
     spectra_paths: list[str | Path],
     truth_paths: list[str | Path],
@@ -345,6 +369,11 @@ def evaluate(
         min(overall["denoised_centroid"]["rmse_nm"], overall["denoised_gaussian_fit"]["rmse_nm"])
         < best_classical
     )
+    if {"fit_denoised_spread_nm", ESTIMATORS["denoised_gaussian_fit"]} <= set(matched):
+        err = (matched[ESTIMATORS["denoised_gaussian_fit"]] - matched["sc_true_nm"]).to_numpy()
+        metrics["denoised_fit_by_spread"] = error_by_quantiles(
+            err, matched["fit_denoised_spread_nm"].to_numpy(), 5
+        )
     if "denoised_gaussian_fit_paired" in overall:
         d, r = overall["denoised_gaussian_fit_paired"], overall["raw_gaussian_fit_paired"]
         metrics["denoised_fit_beats_raw_fit_paired"] = bool(

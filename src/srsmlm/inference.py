@@ -6,16 +6,23 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .errors import InputError
 from .geometry import Geometry
 from .io import PatchSpool, chunk_slices, prefetch, spool_dir, write_csv, write_json
 from .model import load_model
-from .patches import check_geometry_fits, check_inside_stack, extract_patches, place_boxes
+from .patches import (
+    check_geometry_fits,
+    check_inside_stack,
+    extract_shifted_patches,
+    place_boxes,
+)
 from .stack import Stack
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -116,8 +123,16 @@ def denoise_acquisition(
     denoised_tif: str | Path,
     table_csv: str | Path,
     skipped_csv: str | Path,
+    shifts: Sequence[int] = (0,),
+    profile_rows: int = 4,
 ) -> dict[str, int]:
     """Denoise a patch for every filtered localization (no jitter, every frame).
+
+    Each patch is also predicted with its spectral box moved by each of ``shifts`` (px; cycle
+    spinning: the U-Net's strided layers make its error depend on where the spectrum falls on
+    their grid, and averaging over shifts removes that part); ``table_csv`` gets the
+    :func:`srsmlm.spectra.shift_fits` of each localization (``denoised_*`` columns, px of the
+    planned box), ``denoised_tif`` holds the unshifted predictions.
 
     Patches are cut and predicted ``chunk_size`` at a time and spooled to disk, so memory stays
     bounded for 10^6 localizations. ``table_csv`` has one row per written patch, in the order of
@@ -125,6 +140,12 @@ def denoise_acquisition(
     ``skipped_csv`` (and counted in the log), never silently dropped.
     """
     g = geometry
+    if 0 not in shifts:
+        raise InputError(
+            "config/config.yaml",
+            f"inference.shifts_px {list(shifts)} lacks 0 (the planned box)",
+            "add 0 to inference.shifts_px",
+        )
     model = load_model(model_path, meta_path, g)
     locs = pd.read_csv(localizations_csv)
     counts = {"localizations": len(locs)}
@@ -146,46 +167,35 @@ def denoise_acquisition(
                 skipped_csv,
             )
         keep_idx = np.flatnonzero(inside)
+        table = locs.iloc[keep_idx].copy()
+        table.insert(0, "localization_index", keep_idx)
         kept_boxes = boxes.subset(keep_idx)
+        table = table.assign(
+            loc_row0=kept_boxes.loc_row0,
+            loc_col0=kept_boxes.loc_col0,
+            spec_row0=kept_boxes.spec_row0,
+            spec_col0=kept_boxes.spec_col0,
+        )
+        skipped = locs.iloc[np.flatnonzero(~inside)].copy()
+        skipped.insert(0, "localization_index", np.flatnonzero(~inside))
+        skipped["reason"] = "box leaves the frame"
         tmp = spool_dir(raw_tif)
         spool = PatchSpool(tmp, ("raw", "denoised"))
         try:
-            t0 = time.perf_counter()
-
-            def read_chunk(sl: slice) -> np.ndarray:
-                return extract_patches(stack, kept_boxes.subset(np.arange(sl.start, sl.stop)), g)
-
-            # the next chunk is read from the stack while this one is predicted
-            chunks = prefetch(chunk_slices(len(keep_idx), chunk_size), read_chunk)
-            for k, (_, raw) in enumerate(chunks):
-                spool.add(raw=raw, denoised=predict_batches(model, raw, batch_size))
-                rate = spool.n / max(time.perf_counter() - t0, 1e-9)
-                log.info(
-                    "chunk %d: %d / %d patches denoised (%.0f patches/s)",
-                    k + 1,
-                    spool.n,
-                    len(keep_idx),
-                    rate,
-                )
-            table = locs.iloc[keep_idx].copy()
-            table.insert(0, "localization_index", keep_idx)
-            table = table.assign(
-                loc_row0=kept_boxes.loc_row0,
-                loc_col0=kept_boxes.loc_col0,
-                spec_row0=kept_boxes.spec_row0,
-                spec_col0=kept_boxes.spec_col0,
+            fits = _denoise_chunks(
+                model,
+                stack,
+                table,
+                kept_boxes,
+                g,
+                np.asarray(shifts),
+                profile_rows,
+                batch_size,
+                chunk_size,
+                spool,
             )
-            skipped = locs.iloc[np.flatnonzero(~inside)].copy()
-            skipped.insert(0, "localization_index", np.flatnonzero(~inside))
-            skipped["reason"] = "box leaves the frame"
-            if spool.n:
-                spool.write({"raw": raw_tif, "denoised": denoised_tif}, g.shape)
-            else:
-                from .io import write_tif
-
-                empty = np.zeros((0, *g.shape), np.float32)
-                write_tif(empty, raw_tif)
-                write_tif(empty, denoised_tif)
+            table = table.assign(**{f"denoised_{k}": v for k, v in fits.items()})
+            _write_patches(spool, raw_tif, denoised_tif, g)
             write_csv(table, table_csv)
             write_csv(skipped, skipped_csv)
         finally:
@@ -194,3 +204,68 @@ def denoise_acquisition(
     counts["denoised"] = int(len(keep_idx))
     log.info("denoised %d of %d localizations", counts["denoised"], len(locs))
     return counts
+
+
+def _denoise_chunks(
+    model,
+    stack: Stack,
+    table: pd.DataFrame,
+    boxes,
+    g: Geometry,
+    shifts: np.ndarray,
+    profile_rows: int,
+    batch_size: int,
+    chunk_size: int,
+    spool: PatchSpool,
+) -> dict[str, np.ndarray]:
+    """Cut, predict (every shift) and fit ``chunk_size`` patches at a time: the unshifted raw
+    and denoised patches go to ``spool``, the shift fits of every patch are returned."""
+    from .spectra import shift_fits
+
+    t0 = time.perf_counter()
+
+    def read_chunk(sl: slice) -> tuple[np.ndarray, np.ndarray]:
+        return extract_shifted_patches(stack, boxes.subset(np.arange(sl.start, sl.stop)), g, shifts)
+
+    zero = int(np.flatnonzero(shifts == 0)[0])
+    parts: list[dict[str, np.ndarray]] = []
+    # the next chunk is read from the stack while this one is predicted
+    chunks = prefetch(chunk_slices(len(table), chunk_size), read_chunk)
+    for k, (sl, (patches, ok)) in enumerate(chunks):
+        pred = predict_batches(model, patches.reshape(-1, *g.shape), batch_size)
+        pred = pred.reshape(patches.shape)
+        spool.add(raw=patches[zero], denoised=pred[zero])
+        rows = table.iloc[sl]
+        parts.append(
+            shift_fits(
+                pred,
+                ok,
+                rows["y"].to_numpy(),
+                rows["spec_row0"].to_numpy(),
+                shifts,
+                g,
+                profile_rows,
+            )
+        )
+        rate = spool.n / max(time.perf_counter() - t0, 1e-9)
+        log.info(
+            "chunk %d: %d / %d patches denoised, %d shifts each (%.0f localizations/s)",
+            k + 1,
+            spool.n,
+            len(table),
+            len(shifts),
+            rate,
+        )
+    keys = ("centre_px", "centre_sd_px", "width_px", "amplitude", "residual", "shifts")
+    return {key: np.concatenate([p[key] for p in parts]) if parts else np.zeros(0) for key in keys}
+
+
+def _write_patches(spool: PatchSpool, raw_tif: str | Path, denoised_tif: str | Path, g) -> None:
+    if spool.n:
+        spool.write({"raw": raw_tif, "denoised": denoised_tif}, g.shape)
+        return
+    from .io import write_tif
+
+    empty = np.zeros((0, *g.shape), np.float32)
+    write_tif(empty, raw_tif)
+    write_tif(empty, denoised_tif)

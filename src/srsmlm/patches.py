@@ -147,6 +147,41 @@ def extract_patches(stack: Stack, boxes: Boxes, g: Geometry) -> np.ndarray:
     return out
 
 
+def extract_shifted_patches(
+    stack: Stack, boxes: Boxes, g: Geometry, shifts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The patches of in-frame ``boxes`` with the spectral box moved along x by each of
+    ``shifts`` (px, must hold 0; the localization box stays): (len(shifts), N, height, width)
+    float32, cut from one read of a window that spans every shift, and a (len(shifts), N) mask
+    of the shifts whose box lies inside the frame. Where the mask is False the patch repeats
+    the unshifted one (a placeholder, so every patch can be predicted; ignore its result)."""
+    shifts = np.asarray(shifts, dtype=np.int64)
+    if 0 not in shifts:
+        raise ValueError(f"shifts must include 0 (the planned box), got {shifts.tolist()}")
+    frame_w = stack.frame_shape[1]
+    width = min(g.spectral_width + int(shifts.max() - shifts.min()), frame_w)
+    start = np.minimum(np.maximum(boxes.spec_col0 + shifts.min(), 0), frame_w - width)
+    loc, window = stack.gather(
+        boxes.frame,
+        [
+            (boxes.loc_row0, boxes.loc_col0, g.height, g.loc_width),
+            (boxes.spec_row0, start, g.height, width),
+        ],
+    )
+    offset = boxes.spec_col0[None, :] + shifts[:, None] - start[None, :]
+    ok = (offset >= 0) & (offset + g.spectral_width <= width)
+    offset = np.where(ok, offset, (boxes.spec_col0 - start)[None, :])
+    out = np.empty((len(shifts), len(boxes.frame), g.height, g.width), dtype=np.float32)
+    out[..., : g.loc_width] = loc[None]
+    cols = offset[:, :, None, None] + np.arange(g.spectral_width)[None, None, None, :]
+    rows = np.broadcast_to(window, (len(shifts), *window.shape))
+    out[..., g.loc_width :] = np.take_along_axis(
+        rows, np.broadcast_to(cols, (*offset.shape, g.height, g.spectral_width)), axis=3
+    )
+    out /= np.float32(NORMALISATION)
+    return out, ok
+
+
 def run_targets(
     raw: np.ndarray, run_starts: np.ndarray, g: Geometry, p: PatchParams, threads: int = 1
 ):

@@ -324,6 +324,61 @@ def readout(
     return out
 
 
+def relative_residual(profiles: np.ndarray, positions: np.ndarray, fit: dict) -> np.ndarray:
+    """RMS of each profile's residual from its fitted Gaussian + offset, over the fitted
+    amplitude: ~0 for one clean spectrum, large for two spectra, a cut-off one or noise."""
+    a, mu, s = fit["amplitude"][:, None], fit["centre"][:, None], fit["width"][:, None]
+    model = a * np.exp(-((positions - mu) ** 2) / (2 * s**2)) + fit["offset"][:, None]
+    return np.sqrt(np.mean((profiles - model) ** 2, axis=1)) / fit["amplitude"]
+
+
+def shift_fits(
+    denoised: np.ndarray,
+    ok: np.ndarray,
+    y: np.ndarray,
+    spec_row0: np.ndarray,
+    shifts: np.ndarray,
+    geometry: Geometry,
+    n_rows: int,
+) -> dict[str, np.ndarray]:
+    """Least-squares Gaussian fit of each localization's spectral profile in every shifted
+    prediction (``denoised``: (len(shifts), N, height, width), the spectral box moved by each
+    shift; ``ok``: the shifts to use), combined per localization (cycle spinning): centre and
+    width in px of the *unshifted* box (column j spans [j, j + 1)) averaged over the shifts,
+    their spread (sd) of centres, mean amplitude, the largest relative residual
+    (:func:`relative_residual`) and the number of shifts used. The centre is NaN where a used
+    shift's fit fails."""
+    shifts = np.asarray(shifts, dtype=np.int64)
+    k, n = ok.shape
+    rows = profile_rows(y, spec_row0, n_rows, geometry.height)
+    fits = {key: np.full((k, n), np.nan) for key in ("centre", "width", "amplitude", "residual")}
+    for i, shift in enumerate(shifts):
+        prof, _ = spectral_profiles(denoised[i], geometry, rows, n_rows)
+        pos = np.broadcast_to(np.arange(geometry.spectral_width) + 0.5 + shift, prof.shape)
+        fit = gaussian_fit(prof, pos)
+        for key in ("centre", "width", "amplitude"):
+            fits[key][i] = fit[key]
+        fits["residual"][i] = relative_residual(prof, pos, fit)
+    used = ok.sum(axis=0)
+    failed = (ok & np.isnan(fits["centre"])).any(axis=0)
+
+    def mean(key: str) -> np.ndarray:
+        total = np.where(ok, fits[key], 0.0).sum(axis=0)
+        return np.where(failed, np.nan, total / np.maximum(used, 1))
+
+    centre = mean("centre")
+    spread = np.sqrt(np.where(ok, (fits["centre"] - centre) ** 2, 0.0).sum(axis=0) / used)
+    residual = np.where(ok, fits["residual"], -np.inf).max(axis=0)
+    return {
+        "centre_px": centre,
+        "centre_sd_px": spread,
+        "width_px": mean("width"),
+        "amplitude": mean("amplitude"),
+        "residual": np.where(failed, np.nan, residual),
+        "shifts": used,
+    }
+
+
 def classify_dyes(
     sc: np.ndarray, n_dyes: int | None, seed: int, max_dyes: int = 5
 ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -379,6 +434,14 @@ def precision_by_signal(df: pd.DataFrame, columns: dict[str, str], n_bins: int) 
 
 #: columns of the denoised patch table the stage reads (the others are not needed)
 TABLE_COLUMNS = ("localization_index", "frame", "x", "y", "signal", "spec_row0", "spec_col0")
+#: the denoise stage's cycle-spun fit of each denoised patch (:func:`shift_fits`)
+DENOISED_FIT_COLUMNS = (
+    "denoised_centre_px",
+    "denoised_centre_sd_px",
+    "denoised_width_px",
+    "denoised_amplitude",
+    "denoised_residual",
+)
 
 #: spectral precision: output column -> spectra.csv column whose spread over a run it measures
 PRECISION_COLUMNS = {
@@ -450,25 +513,57 @@ def patch_readouts(
     geometry: Geometry,
     cal: Calibration,
     n_rows: int,
+    max_residual: float = math.inf,
     pool: Executor | None = None,
 ) -> dict[str, np.ndarray]:
     """Centroid, Gaussian fit and positive sum of the raw and denoised patches of the rows
     ``sl`` of ``table`` (the patch TIFFs' pages, in the table's order); the TIFFs are read out
-    concurrently in ``pool`` when given (same values)."""
+    concurrently in ``pool`` when given (same values). The denoised fit is the cycle-spun one
+    of the table's ``denoised_*`` columns (:func:`denoised_fit`), not a fit of the TIFF."""
 
-    def one(path: str | Path) -> dict[str, np.ndarray]:
-        return readout(read_patches(path, sl), table.iloc[sl], geometry, cal, n_rows)
+    def one(name: str, path: str | Path) -> dict[str, np.ndarray]:
+        fit = name != "denoised"
+        return readout(read_patches(path, sl), table.iloc[sl], geometry, cal, n_rows, fit=fit)
 
-    done = {name: pool.submit(one, path) for name, path in paths.items()} if pool else {}
+    done = {name: pool.submit(one, name, path) for name, path in paths.items()} if pool else {}
     cols: dict[str, np.ndarray] = {}
     for name, path in paths.items():
-        r = done[name].result() if pool else one(path)
+        r = done[name].result() if pool else one(name, path)
+        if name == "denoised":
+            r.update(denoised_fit(table.iloc[sl], geometry, cal, max_residual))
         cols[f"sc_{name}_nm"] = r["sc"]
         cols[f"fit_{name}_centre_nm"] = r["fit_centre"]
         cols[f"fit_{name}_width_nm"] = r["fit_width"]
         cols[f"fit_{name}_amplitude"] = r["fit_amplitude"]
+        if name == "denoised":
+            cols["fit_denoised_spread_nm"] = r["fit_spread"]
+            cols["fit_denoised_residual"] = r["fit_residual"]
         cols[f"sum_{name}"] = r["sum"]
     return cols
+
+
+def denoised_fit(
+    table: pd.DataFrame, geometry: Geometry, cal: Calibration, max_residual: float
+) -> dict[str, np.ndarray]:
+    """The denoised least-squares fit in nm from the denoise stage's cycle-spun fits in px
+    (:func:`shift_fits`): centre, width, amplitude and spread of the centre over the shifts, NaN
+    where the fit failed or the denoised profile is not one spectrum (relative residual above
+    ``max_residual``: two spectra, a cut-off one, or noise the network turned into a bump); the
+    residual itself is always given."""
+    residual = table["denoised_residual"].to_numpy(dtype=float)
+    good = residual <= max_residual
+    step = abs(cal.nm_per_px)
+    centre = cal.wavelength(
+        table["spec_col0"].to_numpy() + table["denoised_centre_px"].to_numpy() - table["x"],
+        geometry.spectral_offset,
+    )
+    return {
+        "fit_centre": np.where(good, centre, np.nan),
+        "fit_width": np.where(good, table["denoised_width_px"].to_numpy() * step, np.nan),
+        "fit_amplitude": np.where(good, table["denoised_amplitude"].to_numpy(), np.nan),
+        "fit_spread": np.where(good, table["denoised_centre_sd_px"].to_numpy() * step, np.nan),
+        "fit_residual": residual,
+    }
 
 
 def fused_readout(
@@ -547,9 +642,19 @@ def load_patch_table(
     patch_tifs: tuple[str | Path, ...],
     geometry: Geometry,
 ) -> pd.DataFrame:
-    """The columns of the denoised patch table the stage needs (``TABLE_COLUMNS``), with each
-    localization's run (``cluster``, -1 outside runs); checks the TIFFs hold one patch a row."""
-    table = pd.read_csv(denoised_table, usecols=list(TABLE_COLUMNS))
+    """The columns of the denoised patch table the stage needs (``TABLE_COLUMNS`` and
+    ``DENOISED_FIT_COLUMNS``), with each localization's run (``cluster``, -1 outside runs);
+    checks the TIFFs hold one patch a row."""
+    wanted = (*TABLE_COLUMNS, *DENOISED_FIT_COLUMNS)
+    header = pd.read_csv(denoised_table, nrows=0).columns
+    missing = [c for c in wanted if c not in header]
+    if missing:
+        raise InputError(
+            denoised_table,
+            f"the denoised patch table lacks column(s) {missing} (written by an older version)",
+            "rerun denoise_acquisition (snakemake --forcerun denoise_acquisition)",
+        )
+    table = pd.read_csv(denoised_table, usecols=list(wanted))
     for path in patch_tifs:
         n_pages = _page_count(path, geometry)
         if n_pages != len(table):
@@ -573,6 +678,7 @@ def spectra_chunk(
     camera: Any,
     cfg: Any,
     n_rows: int,
+    max_residual: float,
     pool: Executor,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The spectra.csv columns (all but the dye classes) of the rows ``sl`` of ``table``, and
@@ -583,7 +689,8 @@ def spectra_chunk(
     part = table.iloc[sl]
     fit = pool.submit(mle_readout, stack, part, geometry, cal, camera, cfg)
     out = part[["localization_index", "frame", "x", "y", "signal", "cluster"]].copy()
-    for name, values in patch_readouts(table, sl, paths, geometry, cal, n_rows, pool).items():
+    readouts = patch_readouts(table, sl, paths, geometry, cal, n_rows, max_residual, pool)
+    for name, values in readouts.items():
         out[name] = values
     out["photons_proxy_adu"] = out["sum_raw"] * NORMALISATION
     out["sc_fused_nm"] = sc_fused[sl]
@@ -603,10 +710,13 @@ class _Kept:
     crlb: np.ndarray
     flags: dict[str, int]
     runs: list[Path]
+    max_residual: float = math.inf
+    denoised_rejected: int = 0
 
     @classmethod
-    def empty(cls, n: int) -> _Kept:
-        return cls({name: np.empty(n) for name in DYE_ESTIMATES}, np.empty(n), {}, [])
+    def empty(cls, n: int, max_residual: float = math.inf) -> _Kept:
+        sc = {name: np.empty(n) for name in DYE_ESTIMATES}
+        return cls(sc, np.empty(n), {}, [], max_residual)
 
     def add(self, sl: slice, out: pd.DataFrame, extra: pd.DataFrame, runs_file: Path) -> None:
         for name, values in self.sc.items():
@@ -614,6 +724,7 @@ class _Kept:
         self.crlb[sl] = out["sc_mle_crlb_nm"].to_numpy()
         for flag, n in out["sc_mle_flag"].fillna("").replace("", "trusted").value_counts().items():
             self.flags[flag] = self.flags.get(flag, 0) + int(n)
+        self.denoised_rejected += int((out["fit_denoised_residual"] > self.max_residual).sum())
         in_run = out["cluster"].to_numpy() >= 0
         out.join(extra).loc[in_run, list(RUN_COLUMNS)].to_pickle(runs_file)
         self.runs.append(runs_file)
@@ -636,18 +747,30 @@ def readout_pass(
     cfg: Any,
     n_rows: int,
     chunk_size: int,
+    max_residual: float = math.inf,
 ) -> tuple[list[Path], _Kept]:
     """Read out ``table`` ``chunk_size`` rows at a time: each chunk's spectra.csv columns are
     pickled into ``spool`` (exact values and types); only what the global steps need stays in
-    memory."""
+    memory. ``max_residual``: see :func:`denoised_fit`."""
     from .stack import Stack
 
-    kept = _Kept.empty(len(table))
+    kept = _Kept.empty(len(table), max_residual)
     files = []
     with Stack(stack_path) as stack, ThreadPoolExecutor(len(paths) + 1) as pool:
         for k, sl in enumerate(chunk_slices(len(table), chunk_size)):
             out, extra = spectra_chunk(
-                table, sl, sc_fused, paths, stack, geometry, cal, camera, cfg, n_rows, pool
+                table,
+                sl,
+                sc_fused,
+                paths,
+                stack,
+                geometry,
+                cal,
+                camera,
+                cfg,
+                n_rows,
+                max_residual,
+                pool,
             )
             kept.add(sl, out, extra, spool / f"runs_{k:06d}.pkl")
             files.append(spool / f"chunk_{k:06d}.pkl")
@@ -716,6 +839,8 @@ def spectra_stage(
     cfg = ReadoutConfig.from_config(section, cal, threads=int(threads))
     cam = Camera.from_config(camera)
     n_rows, chunk = int(section["profile_rows"]), int(section["chunk_size"])
+    max_residual = section.get("max_denoised_residual")
+    max_residual = math.inf if max_residual is None else float(max_residual)
     sc_fused = fused_readout(table, raw_tif, geometry, cal, n_rows, chunk, threads).to_numpy()
     table["crowded"] = crowded(
         table["frame"].to_numpy(),
@@ -729,7 +854,18 @@ def spectra_stage(
     try:
         paths = {"raw": raw_tif, "denoised": denoised_tif}
         files, kept = readout_pass(
-            table, sc_fused, paths, stack_path, spool, geometry, cal, cam, cfg, n_rows, chunk
+            table,
+            sc_fused,
+            paths,
+            stack_path,
+            spool,
+            geometry,
+            cal,
+            cam,
+            cfg,
+            n_rows,
+            chunk,
+            max_residual,
         )
         del table, sc_fused
         dyes = {}
@@ -758,16 +894,20 @@ def stage_summary(
         "calibration": cal.__dict__,
         "mle_flags": dict(sorted(kept.flags.items(), key=lambda kv: -kv[1])),
         "median_sc_mle_crlb_nm": float(np.nanmedian(kept.crlb)) if n else None,
+        "denoised_fits_rejected": kept.denoised_rejected,
     }
     log.info(
         "spectra of %d localizations (%d molecules); calibration %.4f nm/px, %.2f nm at the "
-        "offset; MLE flags %s; median CRLB %.2f nm; precision:\n%s",
+        "offset; MLE flags %s; median CRLB %.2f nm; %d denoised fits rejected (residual above "
+        "spectra.max_denoised_residual = %s: not one spectrum); precision:\n%s",
         n,
         n_molecules,
         cal.nm_per_px,
         cal.wavelength_at_offset_nm,
         summary["mle_flags"],
         summary["median_sc_mle_crlb_nm"] or float("nan"),
+        kept.denoised_rejected,
+        kept.max_residual,
         precision.to_string(),
     )
     return summary

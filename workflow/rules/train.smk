@@ -78,5 +78,7 @@ rule denoise_acquisition:
         geometry=config["geometry"],
         batch_size=config["inference"]["batch_size"],
         chunk_size=config["patches"]["chunk_size"],
+        shifts=config["inference"]["shifts_px"],
+        profile_rows=config["spectra"]["profile_rows"],
     script:
         "../../scripts/denoise_acquisition.py"
