@@ -78,7 +78,11 @@ def shift(wd: Path) -> str:
     if not s:
         return "n/a"
     parts = ", ".join(f"{b['median_nm']:+.2f}" for b in s["by_position"])
-    return f"median {s['median_nm']:+.2f} nm (blue/middle/red third of the box: {parts})"
+    fine = ", ".join(f"{b['median_nm']:+.2f}" for b in s.get("by_box_px", []))
+    return (
+        f"median {s['median_nm']:+.2f} nm (blue/middle/red third of the box: {parts}; "
+        f"6-px bins: {fine})"
+    )
 
 
 def main(argv: list[str]) -> None:

@@ -81,6 +81,10 @@ def test_spectral_shift_measures_a_known_shift():
     assert [b["n"] for b in out["by_position"]] == [10, 10, 10]
     assert all(b["median_nm"] == pytest.approx(0.5, abs=1e-6) for b in out["by_position"])
     assert out["by_position"][0]["target_from_nm"] == pytest.approx(20.0, abs=1e-6)
+    # fixed 6-px bins of the box: centres 10-38 px fall in bins 6-12 ... 36-42
+    assert [b["from_px"] for b in out["by_box_px"]] == [6, 12, 18, 24, 30, 36]
+    assert sum(b["n"] for b in out["by_box_px"]) == 30
+    assert all(b["median_nm"] == pytest.approx(0.5, abs=1e-6) for b in out["by_box_px"])
 
 
 def test_denoise_every_localization_in_order(tiny_model, tmp_path):

@@ -332,3 +332,22 @@ def test_spectral_position_cuts_each_frame_where_its_spectrum_lands(tmp_path):
     peak_clean = clean[:, :, 16:].sum(axis=1).argmax(axis=1)
     assert np.array_equal(peak_raw, peak_clean)
     np.testing.assert_allclose(peak_raw + 0.5, centre, atol=0.75)
+
+
+def test_spectral_position_reads_each_patch_once(tmp_path, monkeypatch):
+    """The raw patches are cut where the leave-one-out fits put the boxes, not also at the
+    planned boxes first (one read of the stack per patch)."""
+    import srsmlm.patches as patches
+
+    cut = []
+    original = patches.extract_patches
+
+    def counting(stack, boxes, g):
+        cut.append(len(boxes.frame))
+        return original(stack, boxes, g)
+
+    monkeypatch.setattr(patches, "extract_patches", counting)
+    path, runs, _ = noise_free_run(tmp_path, n_frames=20, x=40.3, distance=254.1, width=5.0)
+    p = PatchParams(**NOJIT, target="model", spectral_position=(6.0, 42.0))
+    counts = model_patches(path, runs, p, tmp_path, tmp_path / "out")
+    assert counts["signal_patches"] == 20 and sum(cut) == 20

@@ -201,7 +201,7 @@ def model_run_targets(
     stack: Stack,
     runs: pd.DataFrame,
     boxes: Boxes,
-    raw: np.ndarray,
+    raw: np.ndarray | None,
     run_starts: np.ndarray,
     g: Geometry,
     p: PatchParams,
@@ -213,7 +213,8 @@ def model_run_targets(
     the same normalisation, top-hat and range limit as the SF targets. With ``positions`` (box
     px, one per patch) each spectral box is first moved so the fitted spectrum sits there
     (:func:`boxes_at_positions`; ``fits["box_inside"]``). Returns (target, sf_raw, sf_target,
-    fits, boxes, raw): the patches' final boxes and raw patches, and ``fits`` holds the
+    fits, boxes, raw): the patches' final boxes and raw patches (``raw`` may be None with
+    ``positions``: the patches are then cut at the moved boxes only), and ``fits`` holds the
     leave-one-out fit per patch (``has_target``: the other usable frames of the run, at most
     ``p.target_max_frames`` nearest in time, were fitted, converged, and place the centre to
     within ``p.target_max_crlb_nm``, the CRLB of their joint fit; the box is in the frame)."""
@@ -229,6 +230,8 @@ def model_run_targets(
         boxes, raw, inside = boxes_at_positions(stack, runs, boxes, raw, fits, positions, g)
         fits["box_inside"] = inside
         fits["has_target"] &= inside
+    elif raw is None:
+        raw = extract_patches(stack, boxes, g)
     ok = fits["has_target"].to_numpy()
     rendered = np.zeros(raw.shape, dtype=np.float32)
     rendered[ok] = render_targets(
@@ -266,18 +269,18 @@ def boxes_at_positions(
     stack: Stack,
     runs: pd.DataFrame,
     boxes: Boxes,
-    raw: np.ndarray,
+    raw: np.ndarray | None,
     fits: pd.DataFrame,
     positions: np.ndarray,
     g: Geometry,
 ) -> tuple[Boxes, np.ndarray, np.ndarray]:
     """Move each frame's spectral box so that its leave-one-out spectral centre sits at its
-    drawn position (:func:`at_positions`) and cut the patches again there. Returns the boxes,
-    the raw patches and the mask of boxes inside the frame (the others keep their old patch and
-    get no target)."""
+    drawn position (:func:`at_positions`) and cut the patches there. Returns the boxes, the raw
+    patches and the mask of boxes inside the frame (the others keep their patch at the planned
+    box, zeros if ``raw`` is None, and get no target)."""
     moved = at_positions(boxes, runs["x"].to_numpy(), fits["distance_px"].to_numpy(), positions)
     inside = moved.inside(g, stack.frame_shape)
-    raw = raw.copy()
+    raw = np.zeros((len(inside), *g.shape), np.float32) if raw is None else raw.copy()
     if inside.any():
         raw[inside] = extract_patches(stack, moved.subset(inside), g)
     return moved, raw, inside
@@ -488,10 +491,15 @@ def signal_patches(
     )
     rows: list[pd.DataFrame] = []
 
-    def read_chunk(chunk: np.ndarray) -> tuple[np.ndarray, Boxes, np.ndarray]:
+    # with spectral_position the raw patches are cut only once the leave-one-out fits have
+    # placed each frame's box (model_run_targets): reading them at the planned boxes first
+    # would read every chunk twice
+    moved_later = p.target == "model" and p.spectral_position is not None
+
+    def read_chunk(chunk: np.ndarray) -> tuple[np.ndarray, Boxes, np.ndarray | None]:
         idx = np.concatenate([np.arange(starts[r], _run_end(starts, r, len(runs))) for r in chunk])
         sub = plan.boxes.subset(idx)
-        return idx, sub, extract_patches(stack, sub, g)
+        return idx, sub, None if moved_later else extract_patches(stack, sub, g)
 
     # the next chunk is read while this one is computed; the model targets' fits read the
     # stack through a handle of their own (one file position per thread)
@@ -527,7 +535,7 @@ def _chunk_patches(
     plan: RunPlan,
     idx: np.ndarray,
     sub: Boxes,
-    raw: np.ndarray,
+    raw: np.ndarray | None,
     g: Geometry,
     p: PatchParams,
     spool: PatchSpool,
@@ -536,7 +544,8 @@ def _chunk_patches(
     target_model: TargetModel | None,
 ) -> pd.DataFrame:
     """Targets, frame selection and spooling of one chunk of whole runs (rows ``idx`` of the
-    plan, boxes ``sub``, raw patches ``raw``); returns the kept patches' table rows."""
+    plan, boxes ``sub``, raw patches ``raw``, None where the model targets cut them at the boxes
+    they move); returns the kept patches' table rows."""
     runs = plan.runs
     cstarts = _run_starts(runs["cluster"].to_numpy()[idx])
     extra: dict[str, np.ndarray] = {}
@@ -555,6 +564,7 @@ def _chunk_patches(
             counts["dropped_box_outside"] += int(outside.sum())
         extra = _target_columns(fits, g, target_model)
     else:
+        assert raw is not None
         target, sf_raw, sf_target = run_targets(raw, cstarts, g, p, threads)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = sf_target / sf_raw
