@@ -87,6 +87,14 @@ def test_spectral_shift_measures_a_known_shift():
     assert all(b["median_nm"] == pytest.approx(0.5, abs=1e-6) for b in out["by_box_px"])
 
 
+def run_denoise(tmp_path, tiny_model, o, **kwargs):
+    """denoise_acquisition of tmp_path's loc.csv and s.ome.tif (batch and chunk 2) into ``o``."""
+    outputs = (o / "raw.tif", o / "den.tif", o / "patches.csv", o / "skipped.csv")
+    return denoise_acquisition(
+        tmp_path / "loc.csv", tmp_path / "s.ome.tif", *tiny_model, G, 2, 2, *outputs, **kwargs
+    )
+
+
 def test_denoise_every_localization_in_order(tiny_model, tmp_path):
     stack = np.random.default_rng(2).integers(90, 110, (6, 64, 320)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "s.ome.tif", stack, ome=True, metadata={"axes": "TYX"})
@@ -102,18 +110,7 @@ def test_denoise_every_localization_in_order(tiny_model, tmp_path):
     locs["pixel_y"] = np.floor(locs["y"]).astype(int)
     locs.to_csv(tmp_path / "loc.csv", index=False)
     o = tmp_path / "out"
-    counts = denoise_acquisition(
-        tmp_path / "loc.csv",
-        tmp_path / "s.ome.tif",
-        *tiny_model,
-        G,
-        2,
-        2,
-        o / "raw.tif",
-        o / "den.tif",
-        o / "patches.csv",
-        o / "skipped.csv",
-    )
+    counts = run_denoise(tmp_path, tiny_model, o)
     assert counts == {"localizations": 5, "skipped_outside_frame": 1, "denoised": 4}
     table = pd.read_csv(o / "patches.csv")
     assert table["localization_index"].tolist() == [0, 1, 2, 4]
@@ -152,20 +149,7 @@ def test_denoise_with_shifts_fits_every_shifted_prediction(tiny_model, tmp_path)
     outs = {}
     for name, shifts in (("plain", (0,)), ("spun", (-2, 0, 2))):
         o = tmp_path / name
-        denoise_acquisition(
-            tmp_path / "loc.csv",
-            tmp_path / "s.ome.tif",
-            *tiny_model,
-            G,
-            2,
-            2,
-            o / "raw.tif",
-            o / "den.tif",
-            o / "patches.csv",
-            o / "skipped.csv",
-            shifts=shifts,
-            profile_rows=4,
-        )
+        run_denoise(tmp_path, tiny_model, o, shifts=shifts, profile_rows=4)
         outs[name] = (tifffile.imread(o / "den.tif"), pd.read_csv(o / "patches.csv"))
     # (equal up to float round-off: oneDNN sums depend on how patches are batched)
     np.testing.assert_allclose(outs["plain"][0], outs["spun"][0], atol=1e-6)
