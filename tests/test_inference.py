@@ -20,6 +20,8 @@ from srsmlm.inference import (  # noqa: E402
 )
 from srsmlm.model import ModelConfig, build_unet  # noqa: E402
 
+from .conftest import section  # noqa: E402
+
 pytestmark = pytest.mark.tf
 
 G = Geometry(16, 16, 48, 230)
@@ -28,9 +30,8 @@ G = Geometry(16, 16, 48, 230)
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     d = tmp_path_factory.mktemp("model")
-    model = build_unet(
-        G, ModelConfig(depth=2, base_filters=2, kernel_size=3, output_activation="linear")
-    )
+    tiny = section("model", depth=2, base_filters=2, kernel_size=3, output_activation="linear")
+    model = build_unet(G, ModelConfig.from_config(tiny))
     model.save(d / "unet.keras")
     (d / "model.json").write_text(json.dumps({"geometry": G.to_dict()}))
     return d / "unet.keras", d / "model.json"

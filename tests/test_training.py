@@ -21,10 +21,17 @@ from srsmlm.training import (  # noqa: E402
     train,
 )
 
+from .conftest import section  # noqa: E402
+
 pytestmark = pytest.mark.tf
 
 G = Geometry(16, 16, 48, 230)
-TINY = ModelConfig(depth=2, base_filters=4, kernel_size=3)
+TINY = ModelConfig.from_config(section("model", depth=2, base_filters=4, kernel_size=3))
+
+
+def training_config(**overrides) -> TrainingConfig:
+    """The configured ``training:`` section with ``overrides``."""
+    return TrainingConfig.from_config(section("training", **overrides))
 
 
 def tiny_data(tmp_path, n=96):
@@ -53,7 +60,7 @@ def tiny_data(tmp_path, n=96):
 def run(tmp_path, out, epochs=2, callbacks=None, seed=3, patience=10, lr=1e-3, schedule="cosine"):
     npz, index = tiny_data(tmp_path)
     o = tmp_path / out
-    cfg = TrainingConfig(
+    cfg = training_config(
         epochs=epochs,
         batch_size=16,
         validation_fraction=0.25,
@@ -228,7 +235,7 @@ def test_same_seed_same_weights_on_cpu(tmp_path):
 
 
 def test_learning_rate_schedules():
-    cfg = TrainingConfig(epochs=4, learning_rate=1e-3, min_lr=1e-4, warmup_epochs=1)
+    cfg = training_config(epochs=4, learning_rate=1e-3, min_lr=1e-4, warmup_epochs=1)
     sched = learning_rate(cfg, 10)
     lr = [float(keras.ops.convert_to_numpy(sched(step))) for step in range(41)]
     assert lr[0] == pytest.approx(1e-5)
@@ -236,16 +243,17 @@ def test_learning_rate_schedules():
     assert lr[10] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lr[10:40], lr[11:41], strict=True))  # then decays
     assert lr[40] == pytest.approx(1e-4)
-    no_warmup = learning_rate(TrainingConfig(epochs=2, warmup_epochs=0), 5)
+    no_warmup = learning_rate(training_config(epochs=2, warmup_epochs=0), 5)
     assert float(keras.ops.convert_to_numpy(no_warmup(0))) == pytest.approx(1e-3)
-    assert learning_rate(TrainingConfig(schedule="plateau", learning_rate=2e-3), 10) == 2e-3
+    assert learning_rate(training_config(schedule="plateau", learning_rate=2e-3), 10) == 2e-3
     with pytest.raises(ValueError, match="training.schedule 'step'"):
-        learning_rate(TrainingConfig(schedule="step"), 10)
+        learning_rate(training_config(schedule="step"), 10)
 
 
 def test_gradients_are_clipped_to_the_global_norm():
-    model = compiled_model(G, TINY, TrainingConfig(clipnorm=0.5), 10)
+    model = compiled_model(G, TINY, training_config(clipnorm=0.5), 10)
     assert model.optimizer.global_clipnorm == 0.5
     assert (
-        compiled_model(G, TINY, TrainingConfig(clipnorm=None), 10).optimizer.global_clipnorm is None
+        compiled_model(G, TINY, training_config(clipnorm=None), 10).optimizer.global_clipnorm
+        is None
     )
