@@ -179,3 +179,12 @@ def test_simulation_needs_the_camera_section():
         )
     with pytest.raises(ConfigKeyError, match=r"^camera\.type, camera\.gain_adu_per_photon"):
         SimulationParams.from_config(cfg["simulation"], Geometry.from_config(cfg), 1.0)
+
+
+def test_every_patch_target_is_described_for_model_json():
+    """model.json records patches.target with its description (workflow/rules/common.smk)."""
+    from srsmlm.patches import TARGETS
+
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    assert set(TARGETS) == set(schema["properties"]["patches"]["properties"]["target"]["enum"])
+    assert all(TARGETS.values())

@@ -41,8 +41,12 @@ if TYPE_CHECKING:  # the model targets' fit (Numba) is imported only when used
 log = logging.getLogger(__name__)
 
 
-#: the clean targets ``patches.target`` may name
-TARGETS = ("sf_fusion", "model")
+#: the clean targets ``patches.target`` may name, and what each is (recorded in model.json)
+TARGETS = {
+    "sf_fusion": "leave-one-out SF-weighted fusion of the run's other frames (the guide)",
+    "model": "noise-free image of the leave-one-out joint maximum-likelihood fit of the run's "
+    "other frames",
+}
 
 
 @dataclass(frozen=True)
