@@ -1,4 +1,4 @@
-"""Benchmark: least-squares Gaussian fits of spectral profiles per second, srsmlm.spectra.gaussian_fit
+"""Benchmark: least-squares Gaussian fits of spectral profiles per second, srsmlm.profiles.gaussian_fit
 against the former batched NumPy implementation (a copy below), in the same run.
 
     python benchmarks/bench_profile_fit.py [--profiles 100000] [--chunk 8192] [--resolution 20000]
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from srsmlm.spectra import gaussian_fit
+from srsmlm.profiles import gaussian_fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.reference_fit import reference_gaussian_fit  # noqa: E402

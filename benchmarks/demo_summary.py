@@ -21,7 +21,6 @@ ROWS = [
     ("raw patch, least-squares Gaussian fit", "raw_gaussian_fit"),
     ("raw counts, maximum likelihood, all", "raw_mle"),
     ("**raw counts, maximum likelihood, trusted**", "raw_mle_trusted"),
-    ("leave-one-out SF-fused target, centroid (runs only)", "sf_fused_centroid"),
     ("denoised, centroid", "denoised_centroid"),
     ("denoised, least-squares Gaussian fit", "denoised_gaussian_fit"),
     ("**per molecule, joint fit** (one value per run)", "molecule_joint"),

@@ -5,7 +5,7 @@ Runs on any Keras 3 backend (``KERAS_BACKEND=jax`` or ``torch`` on a GPU machine
 TensorFlow; the pipeline's own training needs TensorFlow). Each variant: Adam with the pipeline's
 schedule (one-epoch warm-up, cosine decay to 0.1 x), global gradient clipping 1, batch 80, all
 training patches (no validation split), the last epoch's weights; then the `demo_unseen` patches
-of the run are denoised and read with the pipeline's readout (`srsmlm.spectra.readout`: a
+of the run are denoised and read with the pipeline's readout (`srsmlm.profiles.profile_readout`: a
 least-squares Gaussian fit of the 4-row profile), and scored with `srsmlm.evaluation.evaluate`
 against the simulator's truth, next to the raw least-squares fit of the same run (the reference,
 as a ratio). Prints one line per variant and the training / inference patches/s.
@@ -32,10 +32,11 @@ import pandas as pd
 import tifffile
 from harness import load_config
 
+from srsmlm.calibration import calibration_from_config
 from srsmlm.evaluation import evaluate
 from srsmlm.geometry import Geometry
 from srsmlm.model import ModelConfig, build_unet
-from srsmlm.spectra import calibration_from_config, readout
+from srsmlm.profiles import profile_readout
 
 BATCH = 80
 
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
             t = time.perf_counter()
             pred = model.predict(unseen, batch_size=1024, verbose=0)[..., 0]
             infer = len(unseen) / (time.perf_counter() - t)
-            r = readout(pred, table, g, cal, int(cfg["spectra"]["profile_rows"]))
+            r = profile_readout(pred, table, g, cal, int(cfg["spectra"]["profile_rows"]))
             fit = pd.Series(r["fit_centre"], index=table["localization_index"].to_numpy())
             e = score(
                 args.run,

@@ -80,6 +80,7 @@ def test_paired_comparison_scores_both_fits_on_the_localizations_both_read(tmp_p
             "sc_denoised_nm": den,
             "fit_raw_centre_nm": raw,
             "fit_denoised_centre_nm": den,
+            "dye": [1, 1, 1, 0, 0, 0, 0, -1],  # classes swapped; one wrong, one unclassified
         }
     )
     spectra.to_csv(tmp_path / "s.csv", index=False)
@@ -102,6 +103,7 @@ def test_paired_comparison_scores_both_fits_on_the_localizations_both_read(tmp_p
     assert d["bias_by_true_dye_nm"] == {"0": 0.0, "1": 0.0}
     assert e["denoised_gaussian_fit"]["bias_by_true_dye_nm"]["1"] == 1.0
     assert m["denoised_fit_beats_raw_fit_paired"] is True
+    assert m["dye_accuracy"] == {"localization": 6 / 7}
     table = pd.read_csv(tmp_path / "e.csv")
     paired = table[table["estimator"] == "raw_gaussian_fit_paired"]
     assert set(paired["by"]) == {"signal_bin", "dye"} and paired["n"].sum() == 12

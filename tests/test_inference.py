@@ -134,7 +134,7 @@ def test_denoise_with_shifts_fits_every_shifted_prediction(tiny_model, tmp_path)
     each equal to the prediction of the patch cut at the moved box."""
     from srsmlm.model import load_model
     from srsmlm.patches import extract_patches, place_boxes
-    from srsmlm.spectra import shift_fits
+    from srsmlm.profiles import shift_fits
     from srsmlm.stack import Stack
 
     rng = np.random.default_rng(5)

@@ -5,7 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from srsmlm.calibration import Calibration
 from srsmlm.mle import Camera, FitSettings, box_model, crlb, fit_boxes, starts_from_data
+from srsmlm.molecules import molecule_table
 from srsmlm.readout import ReadoutConfig, flag_fits
 
 SHAPE = (9, 64)
@@ -234,8 +236,6 @@ def test_fit_is_deterministic_and_handles_empty_input():
 def _molecule_cfg():
     import yaml
 
-    from srsmlm.spectra import Calibration
-
     config = Path(__file__).parents[1] / "config/config.yaml"
     section = yaml.safe_load(config.read_text())["spectra"] | {"molecule_estimate": "mean"}
     cal = Calibration(560.0, NM_PER_PX)
@@ -247,7 +247,6 @@ def test_molecule_table_inverse_variance_mean_and_consistency():
     from scipy.stats import chi2
 
     from srsmlm.geometry import Geometry
-    from srsmlm.readout import molecule_table
 
     cfg, cal = _molecule_cfg()
     spectra = pd.DataFrame(
@@ -277,7 +276,6 @@ def test_molecule_table_without_runs_is_empty_not_an_error():
     import pandas as pd
 
     from srsmlm.geometry import Geometry
-    from srsmlm.readout import molecule_table
 
     cfg, cal = _molecule_cfg()
     spectra = pd.DataFrame(

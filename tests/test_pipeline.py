@@ -54,9 +54,11 @@ def test_pipeline_outputs(tiny_run):
         "sc_raw_nm",
         "sc_denoised_nm",
         "fit_raw_centre_nm",
-        "dye_denoised",
+        "dye",
+        "dye_probability",
         *MLE_COLUMNS,
     } <= set(spectra.columns)
+    assert not {"sc_fused_nm", "dye_raw", "dye_denoised", "dye_mle"} & set(spectra.columns)
     assert len(spectra) == len(den)
     assert set(spectra["sc_mle_flag"].dropna()) <= set(FLAGS)
     trusted = spectra[spectra["sc_mle_flag"].isna()]
@@ -69,6 +71,7 @@ def test_pipeline_outputs(tiny_run):
     metrics = json.loads((wd / "results/evaluation/metrics.json").read_text())
     assert {"raw_mle", "raw_mle_trusted", "molecule"} <= set(metrics["sc_error"])
     assert 0 < metrics["mle"]["coverage_2x"] <= 1
+    assert set(metrics["dye_accuracy"]) == {"localization", "molecule"}
     assert not (wd / "results/tiny_b/spectra.csv").exists()  # role train only
 
 

@@ -58,7 +58,7 @@ def write_patch_inputs(d: Path, acq: Path, n: int, tile: int = 4096) -> None:
 
     from srsmlm.geometry import Geometry
     from srsmlm.patches import extract_patches, place_boxes
-    from srsmlm.spectra import shift_fits
+    from srsmlm.profiles import shift_fits
     from srsmlm.stack import Stack
 
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())

@@ -14,6 +14,7 @@ from scipy.spatial import cKDTree
 from .geometry import Geometry
 from .io import write_csv, write_json
 from .mle import FLAGS
+from .profiles import gaussian_fit
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,6 @@ ESTIMATORS = {
     "raw_gaussian_fit": "fit_raw_centre_nm",
     "raw_mle": "sc_mle_nm",
     "raw_mle_trusted": "sc_mle_nm",
-    "sf_fused_centroid": "sc_fused_nm",
     "denoised_centroid": "sc_denoised_nm",
     "denoised_gaussian_fit": "fit_denoised_centre_nm",
 }
@@ -37,7 +37,7 @@ SPECTRA_COLUMNS = frozenset(
     {"frame", "x", "y", "signal", "cluster", "sc_mle_flag", "sc_mle_crlb_nm"}
     | {"fit_denoised_spread_nm"}
     | set(ESTIMATORS.values())
-    | {f"dye_{name}" for name in ("raw", "denoised", "mle")}
+    | {"dye"}
 )
 
 #: the truth.csv columns the evaluation reads
@@ -104,12 +104,10 @@ def classification_accuracy(predicted: np.ndarray, true: np.ndarray) -> float:
 
 
 def _estimator_errors(matched: pd.DataFrame, est: str, col: str) -> tuple[np.ndarray, np.ndarray]:
-    """Errors (nm) of one estimator and the rows they belong to (a boolean mask): runs only for
-    the SF-fused centroid, trusted fits only for ``raw_mle_trusted``."""
+    """Errors (nm) of one estimator and the rows they belong to (a boolean mask): trusted fits
+    only for ``raw_mle_trusted``, every localization for the others."""
     rows = np.ones(len(matched), dtype=bool)
-    if est == "sf_fused_centroid":
-        rows = matched["cluster"].to_numpy() >= 0
-    elif est == "raw_mle_trusted":
+    if est == "raw_mle_trusted":
         rows = matched["sc_mle_flag"].fillna("").to_numpy() == ""
     return (matched[col] - matched["sc_true_nm"]).to_numpy()[rows], rows
 
@@ -213,8 +211,6 @@ def spectral_shift(
     target's centre along the box (blue to red) and in fixed ``BOX_BIN_PX`` bins of it
     (``by_box_px``: a shift where one dye sits, e.g. -0.9 nm 12-18 px into the box, hides in a
     third). Needs no truth, so it is reported for every model."""
-    from .spectra import gaussian_fit
-
     spec = np.s_[:, :, g.loc_width :]
     has = np.asarray(target)[spec].max(axis=(1, 2)) > 0
     lam = np.broadcast_to(
@@ -285,19 +281,11 @@ def error_by_quantiles(err: np.ndarray, value: np.ndarray, n: int) -> list[dict[
     ]
 
 
-def evaluate(
-    spectra_paths: list[str | Path],
-    truth_paths: list[str | Path],
-    names: list[str],
-    signal_bins: int,
-    tolerance_nm: float,
-    metrics_json: str | Path,
-    table_csv: str | Path,
-    molecules_paths: list[str | Path] | None = None,
-) -> dict[str, Any]:
-    """Spectral-centre error of every estimator against the truth (overall, by signal bin and by
-    true dye), the maximum-likelihood readout's flags, efficiency and CRLB calibration, and the
-    per-molecule error."""
+def load_matched(
+    spectra_paths: list[str | Path], truth_paths: list[str | Path], names: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every acquisition's spectra.csv (the ``SPECTRA_COLUMNS``) matched to its truth
+    (:func:`match_truth`): all localizations, and those matched to a true emitter."""
     frames = []
     for name, sp, tp in zip(names, spectra_paths, truth_paths, strict=True):
         spectra = pd.read_csv(sp, keep_default_na=True, usecols=SPECTRA_COLUMNS.__contains__)
@@ -311,12 +299,14 @@ def evaluate(
         len(df),
         len(df) - len(matched),
     )
-    bins = pd.qcut(matched["signal"], q=signal_bins, duplicates="drop")
-    signal_bin = bins.cat.codes.to_numpy()
-    labels = {
-        i: {"signal_min": iv.left, "signal_max": iv.right}
-        for i, iv in enumerate(bins.cat.categories)
-    }
+    return df, matched
+
+
+def score_estimators(
+    matched: pd.DataFrame, signal_bin: np.ndarray, labels: dict, tolerance_nm: float
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Error statistics of every estimator in ``matched`` (overall, and rows by signal bin and
+    by true dye), then of the ``PAIRED`` estimators head to head."""
     rows: list[dict[str, Any]] = []
     overall: dict[str, Any] = {}
     dyes = matched["dye_true"].to_numpy()
@@ -325,9 +315,7 @@ def evaluate(
             continue
         err, sel = _estimator_errors(matched, est, col)
         stats = error_stats(err, tolerance_nm)
-        if est == "sf_fused_centroid":
-            stats["note"] = "localizations in runs only"
-        elif est == "raw_mle_trusted":
+        if est == "raw_mle_trusted":
             stats["note"] = "localizations with an empty sc_mle_flag only"
         stats["bias_by_true_dye_nm"] = bias_by_group(err, dyes[sel])
         overall[est] = stats
@@ -346,62 +334,62 @@ def evaluate(
             }
             rows += _grouped_rows(label, err, signal_bin[both], "signal_bin", labels, tolerance_nm)
             rows += _grouped_rows(label, err, dyes[both], "dye", {}, tolerance_nm)
-    metrics: dict[str, Any] = {
-        "matched_localizations": int(len(matched)),
-        "tolerance_nm": tolerance_nm,
-        "sc_error": overall,
-        "dye_accuracy": {
-            name: classification_accuracy(
-                matched[f"dye_{name}"].to_numpy(), matched["dye_true"].to_numpy()
-            )
-            for name in ("raw", "denoised", "mle")
-            if f"dye_{name}" in matched
-        },
-    }
-    if "sc_mle_nm" in matched:
-        metrics["mle"] = mle_quality(matched, df, signal_bin, bins.cat.categories)
-    if molecules_paths:
-        mols = pd.concat(
-            [
-                pd.read_csv(p).assign(acquisition=n)
-                for n, p in zip(names, molecules_paths, strict=True)
-            ],
-            ignore_index=True,
-        )
-        me = molecule_errors(mols, matched)
-        for est, col in (
-            ("molecule", "sc_nm"),
-            ("molecule_joint", "sc_joint_nm"),
-            ("molecule_mean", "sc_mean_nm"),
-        ):
-            if col in me:
-                e = (me[col] - me["sc_true_nm"]).to_numpy()
-                overall[est] = error_stats(e, tolerance_nm) | {
-                    "note": "one value per run against the molecule's true centre",
-                    "bias_by_true_dye_nm": bias_by_group(e, me["dye_true"].to_numpy()),
-                }
-                rows += _grouped_rows(est, e, me["dye_true"].to_numpy(), "dye", {}, tolerance_nm)
-        metrics["dye_accuracy"]["molecule"] = classification_accuracy(
-            me["dye"].to_numpy(), me["dye_true"].to_numpy()
-        )
+    return overall, rows
+
+
+def score_molecules(
+    molecules_paths: list[str | Path], names: list[str], matched: pd.DataFrame, tolerance_nm: float
+) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
+    """Error statistics of the per-molecule estimates against each molecule's true centre
+    (overall and rows by true dye), and the molecules' dye-class accuracy."""
+    mols = pd.concat(
+        [pd.read_csv(p).assign(acquisition=n) for n, p in zip(names, molecules_paths, strict=True)],
+        ignore_index=True,
+    )
+    me = molecule_errors(mols, matched)
+    overall: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for est, col in (
+        ("molecule", "sc_nm"),
+        ("molecule_joint", "sc_joint_nm"),
+        ("molecule_mean", "sc_mean_nm"),
+    ):
+        if col in me:
+            e = (me[col] - me["sc_true_nm"]).to_numpy()
+            overall[est] = error_stats(e, tolerance_nm) | {
+                "note": "one value per run against the molecule's true centre",
+                "bias_by_true_dye_nm": bias_by_group(e, me["dye_true"].to_numpy()),
+            }
+            rows += _grouped_rows(est, e, me["dye_true"].to_numpy(), "dye", {}, tolerance_nm)
+    accuracy = classification_accuracy(me["dye"].to_numpy(), me["dye_true"].to_numpy())
+    return overall, rows, accuracy
+
+
+def denoised_verdicts(overall: dict[str, Any], matched: pd.DataFrame) -> dict[str, Any]:
+    """Whether the denoised readouts beat the raw ones (overall; the fits head to head) and the
+    denoised fit's error by quintile of its spread over the shifts."""
+    out: dict[str, Any] = {}
     best_classical = min(overall["raw_centroid"]["rmse_nm"], overall["raw_gaussian_fit"]["rmse_nm"])
-    metrics["denoised_beats_classical"] = bool(
+    out["denoised_beats_classical"] = bool(
         min(overall["denoised_centroid"]["rmse_nm"], overall["denoised_gaussian_fit"]["rmse_nm"])
         < best_classical
     )
     if {"fit_denoised_spread_nm", ESTIMATORS["denoised_gaussian_fit"]} <= set(matched):
         err = (matched[ESTIMATORS["denoised_gaussian_fit"]] - matched["sc_true_nm"]).to_numpy()
-        metrics["denoised_fit_by_spread"] = error_by_quantiles(
+        out["denoised_fit_by_spread"] = error_by_quantiles(
             err, matched["fit_denoised_spread_nm"].to_numpy(), 5
         )
     if "denoised_gaussian_fit_paired" in overall:
         d, r = overall["denoised_gaussian_fit_paired"], overall["raw_gaussian_fit_paired"]
-        metrics["denoised_fit_beats_raw_fit_paired"] = bool(
+        out["denoised_fit_beats_raw_fit_paired"] = bool(
             d["median_abs_error_nm"] < r["median_abs_error_nm"] and d["rmse_nm"] < r["rmse_nm"]
         )
-    write_csv(pd.DataFrame(rows), table_csv)
-    write_json(metrics, metrics_json)
-    for est, s in overall.items():
+    return out
+
+
+def log_metrics(metrics: dict[str, Any], tolerance_nm: float) -> None:
+    """One log line per estimator, and the maximum-likelihood readout's flags and calibration."""
+    for est, s in metrics["sc_error"].items():
         log.info(
             "%-22s n %6d, bias %+.2f nm, RMSE %.2f nm, median |err| %.2f nm, within %.0f nm: %.1f%%",
             est,
@@ -422,4 +410,50 @@ def evaluate(
             q["coverage_2x"],
             [round(b["efficiency"], 3) for b in q["by_signal_bin"]],
         )
+
+
+def evaluate(
+    spectra_paths: list[str | Path],
+    truth_paths: list[str | Path],
+    names: list[str],
+    signal_bins: int,
+    tolerance_nm: float,
+    metrics_json: str | Path,
+    table_csv: str | Path,
+    molecules_paths: list[str | Path] | None = None,
+) -> dict[str, Any]:
+    """Spectral-centre error of every estimator against the truth (overall, by signal bin and by
+    true dye), the maximum-likelihood readout's flags, efficiency and CRLB calibration, and the
+    per-molecule error."""
+    df, matched = load_matched(spectra_paths, truth_paths, names)
+    bins = pd.qcut(matched["signal"], q=signal_bins, duplicates="drop")
+    signal_bin = bins.cat.codes.to_numpy()
+    labels = {
+        i: {"signal_min": iv.left, "signal_max": iv.right}
+        for i, iv in enumerate(bins.cat.categories)
+    }
+    overall, rows = score_estimators(matched, signal_bin, labels, tolerance_nm)
+    metrics: dict[str, Any] = {
+        "matched_localizations": int(len(matched)),
+        "tolerance_nm": tolerance_nm,
+        "sc_error": overall,
+        "dye_accuracy": {},
+    }
+    if "dye" in matched:
+        metrics["dye_accuracy"]["localization"] = classification_accuracy(
+            matched["dye"].to_numpy(), matched["dye_true"].to_numpy()
+        )
+    if "sc_mle_nm" in matched:
+        metrics["mle"] = mle_quality(matched, df, signal_bin, bins.cat.categories)
+    if molecules_paths:
+        mol_overall, mol_rows, accuracy = score_molecules(
+            molecules_paths, names, matched, tolerance_nm
+        )
+        overall |= mol_overall
+        rows += mol_rows
+        metrics["dye_accuracy"]["molecule"] = accuracy
+    metrics |= denoised_verdicts(overall, matched)
+    write_csv(pd.DataFrame(rows), table_csv)
+    write_json(metrics, metrics_json)
+    log_metrics(metrics, tolerance_nm)
     return metrics

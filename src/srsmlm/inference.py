@@ -13,16 +13,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .dataset import save_npz
 from .errors import InputError
+from .evaluation import spectral_shift
 from .geometry import Geometry
-from .io import PatchSpool, chunk_slices, prefetch, spool_dir, write_csv, write_json
+from .io import PatchSpool, chunk_slices, prefetch, spool_dir, write_csv, write_json, write_tif
 from .model import load_model
 from .patches import (
+    Boxes,
     check_geometry_fits,
     check_inside_stack,
     extract_shifted_patches,
     place_boxes,
 )
+from .profiles import shift_fits
 from .stack import Stack
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -70,9 +74,6 @@ def evaluate_test(
     target's range, and (given ``nm_per_px``) the network's spectral shift against the targets
     (:func:`srsmlm.evaluation.spectral_shift`); writes the metrics and the predictions (``X``,
     ``Y``, ``P``)."""
-    from .dataset import save_npz
-    from .evaluation import spectral_shift
-
     model = load_model(model_path, meta_path, geometry)
     with np.load(test_npz) as z:
         x, y = z["X"][..., 0], z["Y"][..., 0]
@@ -131,7 +132,7 @@ def denoise_acquisition(
     Each patch is also predicted with its spectral box moved by each of ``shifts`` (px; cycle
     spinning: the U-Net's strided layers make its error depend on where the spectrum falls on
     their grid, and averaging over shifts removes that part); ``table_csv`` gets the
-    :func:`srsmlm.spectra.shift_fits` of each localization (``denoised_*`` columns, px of the
+    :func:`srsmlm.profiles.shift_fits` of each localization (``denoised_*`` columns, px of the
     planned box), ``denoised_tif`` holds the unshifted predictions.
 
     Patches are cut and predicted ``chunk_size`` at a time and spooled to disk, so memory stays
@@ -158,42 +159,19 @@ def denoise_acquisition(
         inside = boxes.inside(g, stack.frame_shape)
         counts["skipped_outside_frame"] = int((~inside).sum())
         if counts["skipped_outside_frame"]:
+            h, w = stack.frame_shape
             log.warning(
-                "%d of %d localizations skipped: their box leaves the %dx%d frame (listed in %s)",
-                counts["skipped_outside_frame"],
-                len(locs),
-                stack.frame_shape[1],
-                stack.frame_shape[0],
-                skipped_csv,
+                f"{(~inside).sum()} of {len(locs)} localizations skipped: their box leaves the "
+                f"{w}x{h} frame (listed in {skipped_csv})"
             )
-        keep_idx = np.flatnonzero(inside)
-        table = locs.iloc[keep_idx].copy()
-        table.insert(0, "localization_index", keep_idx)
-        kept_boxes = boxes.subset(keep_idx)
-        table = table.assign(
-            loc_row0=kept_boxes.loc_row0,
-            loc_col0=kept_boxes.loc_col0,
-            spec_row0=kept_boxes.spec_row0,
-            spec_col0=kept_boxes.spec_col0,
-        )
-        skipped = locs.iloc[np.flatnonzero(~inside)].copy()
-        skipped.insert(0, "localization_index", np.flatnonzero(~inside))
-        skipped["reason"] = "box leaves the frame"
+        table, kept_boxes, skipped = split_inside(locs, boxes, inside)
         tmp = spool_dir(raw_tif)
         spool = PatchSpool(tmp, ("raw", "denoised"))
         try:
             fits = _denoise_chunks(
-                model,
-                stack,
-                table,
-                kept_boxes,
-                g,
-                np.asarray(shifts),
-                profile_rows,
-                batch_size,
-                chunk_size,
-                spool,
-            )
+                model, stack, table, kept_boxes, g, np.asarray(shifts), profile_rows,
+                batch_size, chunk_size, spool,
+            )  # fmt: skip
             table = table.assign(**{f"denoised_{k}": v for k, v in fits.items()})
             _write_patches(spool, raw_tif, denoised_tif, g)
             write_csv(table, table_csv)
@@ -201,9 +179,30 @@ def denoise_acquisition(
         finally:
             spool.close()
             shutil.rmtree(tmp, ignore_errors=True)
-    counts["denoised"] = int(len(keep_idx))
+    counts["denoised"] = int(len(table))
     log.info("denoised %d of %d localizations", counts["denoised"], len(locs))
     return counts
+
+
+def split_inside(
+    locs: pd.DataFrame, boxes: Boxes, inside: np.ndarray
+) -> tuple[pd.DataFrame, Boxes, pd.DataFrame]:
+    """The localizations whose boxes lie inside the frame (with ``localization_index`` and their
+    box corners) and their boxes, and the others with the reason they are skipped."""
+    keep_idx = np.flatnonzero(inside)
+    table = locs.iloc[keep_idx].copy()
+    table.insert(0, "localization_index", keep_idx)
+    kept_boxes = boxes.subset(keep_idx)
+    table = table.assign(
+        loc_row0=kept_boxes.loc_row0,
+        loc_col0=kept_boxes.loc_col0,
+        spec_row0=kept_boxes.spec_row0,
+        spec_col0=kept_boxes.spec_col0,
+    )
+    skipped = locs.iloc[np.flatnonzero(~inside)].copy()
+    skipped.insert(0, "localization_index", np.flatnonzero(~inside))
+    skipped["reason"] = "box leaves the frame"
+    return table, kept_boxes, skipped
 
 
 def _denoise_chunks(
@@ -220,8 +219,6 @@ def _denoise_chunks(
 ) -> dict[str, np.ndarray]:
     """Cut, predict (every shift) and fit ``chunk_size`` patches at a time: the unshifted raw
     and denoised patches go to ``spool``, the shift fits of every patch are returned."""
-    from .spectra import shift_fits
-
     t0 = time.perf_counter()
 
     def read_chunk(sl: slice) -> tuple[np.ndarray, np.ndarray]:
@@ -260,12 +257,12 @@ def _denoise_chunks(
     return {key: np.concatenate([p[key] for p in parts]) if parts else np.zeros(0) for key in keys}
 
 
-def _write_patches(spool: PatchSpool, raw_tif: str | Path, denoised_tif: str | Path, g) -> None:
+def _write_patches(
+    spool: PatchSpool, raw_tif: str | Path, denoised_tif: str | Path, g: Geometry
+) -> None:
     if spool.n:
         spool.write({"raw": raw_tif, "denoised": denoised_tif}, g.shape)
         return
-    from .io import write_tif
-
     empty = np.zeros((0, *g.shape), np.float32)
     write_tif(empty, raw_tif)
     write_tif(empty, denoised_tif)

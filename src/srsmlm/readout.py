@@ -1,5 +1,5 @@
-"""Maximum-likelihood spectral readout of localizations on raw camera counts, quality flags and
-per-molecule spectra (the model and the fit are in :mod:`srsmlm.mle`).
+"""Maximum-likelihood spectral readout of localizations on raw camera counts and the flags that
+say which values to trust (the model and the fit are in :mod:`srsmlm.mle`).
 
 Coordinates: frame pixel column c spans x in [c, c+1). A readout box is the localization's
 spectral box widened by ``readout_margin_px`` on each side (moved inward where the frame ends);
@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.special import chdtrc
 
+from .calibration import Calibration
 from .geometry import Geometry
 from .mle import FLAGS, Camera, FitSettings, fit_boxes, starts_from_data
-from .spectra import Calibration
 from .stack import Stack
 
 log = logging.getLogger(__name__)
@@ -223,127 +222,3 @@ def fit_readout(
     )
     out.loc[out["sc_mle_flag"] == "not_converged", ["sc_mle_nm", "sc_mle_crlb_nm"]] = np.nan
     return out
-
-
-#: single-frame flags that do not keep a frame out of its molecule's estimate: a frame too dim
-#: to trust alone still carries its share of the run's information
-MOLECULE_FLAGS = ("", "dim")
-
-
-def usable_for_molecule(spectra: pd.DataFrame) -> pd.Series:
-    """Localizations in runs whose frame enters the molecule's estimate (``MOLECULE_FLAGS``)."""
-    return (spectra["cluster"] >= 0) & spectra["sc_mle_flag"].fillna("").isin(MOLECULE_FLAGS)
-
-
-def molecule_groups(spectra: pd.DataFrame) -> pd.DataFrame:
-    """The localizations of runs usable for the molecule's estimate, sorted by run and frame,
-    with the run's first box column as the reference of its joint fit."""
-    trusted = spectra[usable_for_molecule(spectra)]
-    trusted = trusted.sort_values(["cluster", "frame"], kind="stable")
-    ref = trusted.groupby("cluster")["mle_box_col0"].transform("first")
-    return trusted.assign(mle_offset=trusted["mle_box_col0"] - ref, mle_ref_col0=ref)
-
-
-def joint_fits(
-    stack: Stack,
-    trusted: pd.DataFrame,
-    g: Geometry,
-    camera: Camera,
-    cfg: ReadoutConfig,
-) -> pd.DataFrame:
-    """Joint fit of each run's trusted frames (shared centre and width, own N, y0, b), started
-    from the inverse-variance mean of the frames' fits. Returns per cluster ``centre_px`` (frame
-    x), ``var_px2`` (CRLB of the shared centre), ``p_fit``, ``converged``."""
-    width = g.spectral_width + 2 * cfg.margin_px
-    col0 = trusted["mle_box_col0"].to_numpy(np.int64)
-    row0 = trusted["mle_box_row0"].to_numpy(np.int64)
-    (boxes,) = stack.gather(trusted["frame"].to_numpy(), [(row0, col0, cfg.rows, width)])
-    x = camera.photons(boxes)
-    clusters = trusted["cluster"].to_numpy()
-    starts = np.flatnonzero(np.r_[True, clusters[1:] != clusters[:-1]])
-    groups = np.r_[starts, len(trusted)]
-    w = 1.0 / (trusted["sc_mle_crlb_nm"].to_numpy() / cfg.nm_per_px) ** 2
-    ref = trusted["mle_ref_col0"].to_numpy()
-    l0 = trusted["mle_centre_px"].to_numpy() - ref
-    s = trusted["sc_mle_width_nm"].to_numpy() / cfg.nm_per_px
-    shared = (
-        np.column_stack([np.add.reduceat(w * l0, starts), np.add.reduceat(w * s, starts)])
-        / np.add.reduceat(w, starts)[:, None]
-    )
-    local = np.column_stack(
-        [
-            trusted["spectral_photons"].to_numpy(),
-            trusted["y"].to_numpy() - row0,
-            trusted["background_photons"].to_numpy(),
-        ]
-    )
-    fit = fit_boxes(
-        x,
-        shared,
-        local,
-        cfg.settings,
-        camera,
-        groups=groups,
-        offsets=trusted["mle_offset"].to_numpy(np.float64),
-    )
-    return pd.DataFrame(
-        {
-            "centre_px": ref[starts] + fit["l0"],
-            "var_px2": fit["var_l0"],
-            "p_fit": fit["p_fit"],
-            "converged": fit["converged"],
-        },
-        index=pd.Index(clusters[starts], name="cluster"),
-    )
-
-
-def molecule_table(
-    spectra: pd.DataFrame,
-    joint: pd.DataFrame | None,
-    g: Geometry,
-    cal: Calibration,
-    cfg: ReadoutConfig,
-) -> pd.DataFrame:
-    """One row per run of ``spectra`` (``cluster`` >= 0): frames, position, the molecule's
-    spectral centre ``sc_nm`` and its error ``sc_err_nm`` (joint fit or inverse-variance mean of
-    the usable frames, trusted or only ``dim``: ``cfg.molecule_estimate``), both estimates, and
-    ``consistency_p``: the chi-square tail of those frames about the molecule's value (low: the
-    run mixes molecules or has outliers)."""
-    runs = spectra[spectra["cluster"] >= 0]
-    base = runs.groupby("cluster").agg(
-        n_frames=("frame", "size"),
-        first_frame=("frame", "min"),
-        last_frame=("frame", "max"),
-        x=("x", "mean"),
-        y=("y", "mean"),
-    )
-    trusted = runs[usable_for_molecule(runs)]
-    w = 1.0 / trusted["sc_mle_crlb_nm"] ** 2
-    grp = trusted.assign(w=w, wsc=w * trusted["sc_mle_nm"]).groupby("cluster")
-    mean = pd.DataFrame(
-        {
-            "n_used": grp.size(),
-            "sc_mean_nm": grp["wsc"].sum() / grp["w"].sum(),
-            "sc_mean_err_nm": 1.0 / np.sqrt(grp["w"].sum()),
-            "x_trusted": grp["x"].mean(),
-        }
-    )
-    out = base.join(mean)
-    out["n_used"] = out["n_used"].fillna(0).astype(np.int64)
-    out["sc_joint_nm"] = np.nan
-    out["sc_joint_err_nm"] = np.nan
-    if joint is not None and len(joint):
-        j = joint[joint["converged"]]
-        d = j["centre_px"] - out.loc[j.index, "x_trusted"]
-        out.loc[j.index, "sc_joint_nm"] = cal.wavelength(d.to_numpy(), g.spectral_offset)
-        out.loc[j.index, "sc_joint_err_nm"] = np.sqrt(j["var_px2"].to_numpy()) * cfg.nm_per_px
-    key = "joint" if cfg.molecule_estimate == "joint" else "mean"
-    out["sc_nm"] = out[f"sc_{key}_nm"]
-    out["sc_err_nm"] = out[f"sc_{key}_err_nm"]
-    chi = (trusted["sc_mle_nm"] - trusted["cluster"].map(out["sc_nm"])) / trusted["sc_mle_crlb_nm"]
-    chi2 = (chi**2).groupby(trusted["cluster"]).sum()
-    dof = out["n_used"] - 1
-    out["consistency_p"] = np.where(
-        dof >= 1, chdtrc(np.maximum(dof, 1), chi2.reindex(out.index).fillna(0.0)), np.nan
-    )
-    return out.drop(columns="x_trusted").reset_index()

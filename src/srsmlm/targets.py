@@ -2,7 +2,7 @@
 maximum-likelihood fit of the *other* frames of its run.
 
 For frame i of a run, the frames of the run that a molecule's estimate may use (single-frame
-fit flagged "" or only ``dim``, see :data:`srsmlm.readout.MOLECULE_FLAGS`), except i itself,
+fit flagged "" or only ``dim``, see :data:`srsmlm.molecules.MOLECULE_FLAGS`), except i itself,
 are fitted jointly on raw counts (shared spectral centre and width, own photons, row and
 background; :func:`srsmlm.mle.fit_boxes` with groups). The fitted spectrum is then drawn without
 background at frame i's own localization: the spot as a pixel-integrated Gaussian of the PSF
@@ -22,16 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .calibration import Calibration, calibration_from_config
 from .geometry import Geometry
 from .mle import Camera, box_model, fit_boxes
-from .readout import (
-    MOLECULE_FLAGS,
-    ReadoutConfig,
-    crowded,
-    fit_readout,
-    gather_photons,
-)
-from .spectra import Calibration, calibration_from_config
+from .molecules import MOLECULE_FLAGS, inverse_variance_start
+from .readout import ReadoutConfig, crowded, fit_readout, gather_photons
 from .stack import Stack
 
 log = logging.getLogger(__name__)
@@ -177,17 +172,7 @@ def leave_one_out_fits(
         owner = np.repeat(frames, sizes[frames])
         groups = np.r_[0, np.cumsum(sizes[frames])]
         starts = groups[:-1]
-        # start: the inverse-variance mean of the other frames' single fits
-        ww = w[idx]
-        shared = (
-            np.column_stack(
-                [
-                    np.add.reduceat(ww * (centre[idx] - col0[owner]), starts),
-                    np.add.reduceat(ww * s_single[idx], starts),
-                ]
-            )
-            / np.add.reduceat(ww, starts)[:, None]
-        )
+        shared = inverse_variance_start(w[idx], centre[idx] - col0[owner], s_single[idx], starts)
         fit = fit_boxes(
             photons[idx],
             shared,
