@@ -152,8 +152,9 @@ def test_denoise_with_shifts_fits_every_shifted_prediction(tiny_model, tmp_path)
         o = tmp_path / name
         run_denoise(tmp_path, tiny_model, o, shifts=shifts, profile_rows=4)
         outs[name] = (tifffile.imread(o / "den.tif"), pd.read_csv(o / "patches.csv"))
-    # (equal up to float round-off: oneDNN sums depend on how patches are batched)
-    np.testing.assert_allclose(outs["plain"][0], outs["spun"][0], atol=1e-6)
+    # (equal up to float32 round-off: oneDNN sums depend on how patches are batched, up to
+    # ~6e-5 relative after the network's layers)
+    np.testing.assert_allclose(outs["plain"][0], outs["spun"][0], rtol=1e-4, atol=1e-6)
     table = outs["spun"][1]
     assert table["denoised_shifts"].tolist() == [3, 3, 2]
     model = load_model(*tiny_model, G)

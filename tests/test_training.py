@@ -114,7 +114,7 @@ class Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt("killed by the cluster")
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "plateau"])
+@pytest.mark.parametrize("schedule", ["cosine", pytest.param("plateau", marks=pytest.mark.slow)])
 def test_resume_after_interruption_continues_epoch_count(tmp_path, schedule):
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, "r", epochs=4, callbacks=[Interrupt(2)], patience=1, schedule=schedule)
@@ -141,6 +141,7 @@ def weights(path):
     return keras.models.load_model(path).get_weights()
 
 
+@pytest.mark.slow
 def test_backup_is_one_committed_state_per_epoch(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, "k", epochs=3, callbacks=[Interrupt(2)], schedule="plateau")
@@ -152,6 +153,7 @@ def test_backup_is_one_committed_state_per_epoch(tmp_path):
     assert backup.callbacks[0]["wait"] >= 0 and "cooldown_counter" in backup.callbacks[1]
 
 
+@pytest.mark.slow
 def test_killed_after_the_last_commit_finishes_without_training_again(tmp_path):
     with pytest.raises(KeyboardInterrupt):  # after the last epoch, before the outputs
         run(tmp_path, "r", epochs=2, callbacks=[Interrupt(2)])
@@ -165,6 +167,7 @@ def test_killed_after_the_last_commit_finishes_without_training_again(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(w_r, w_u, strict=True))
 
 
+@pytest.mark.slow
 def test_a_backup_of_other_settings_is_not_resumed(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, "s", epochs=3, callbacks=[Interrupt(1)])
@@ -225,6 +228,7 @@ def test_make_dataset_gathers_the_given_rows_without_copying_them():
     np.testing.assert_array_equal(val, rows[::-1])
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_on_cpu(tmp_path):
     run(tmp_path, "a", seed=11)
     run(tmp_path, "b", seed=11)
