@@ -409,7 +409,7 @@ def test_precision_figure_shows_maximum_likelihood_and_the_molecules_error():
     ax = fig.axes[0]
     labels = legend_labels(ax)
     assert labels == [
-        "raw, maximum likelihood",
+        "raw, maximum likelihood (all frames)",
         "raw, least-squares fit",
         "denoised, least-squares fit",
         "raw centroid",
@@ -417,7 +417,7 @@ def test_precision_figure_shows_maximum_likelihood_and_the_molecules_error():
         "per molecule: its error (sc_err_nm)",
     ]
     lines = dict(zip(labels, ax.get_lines(), strict=True))
-    np.testing.assert_array_equal(lines["raw, maximum likelihood"].get_ydata(), [3.0, 1.5])
+    np.testing.assert_array_equal(lines[labels[0]].get_ydata(), [3.0, 1.5])
     np.testing.assert_allclose(lines["raw centroid"].get_xdata(), [np.sqrt(9e5), np.sqrt(1.2e8)])
     np.testing.assert_array_equal(lines[labels[-1]].get_ydata(), [3.0, 1.0])  # median per bin
     assert ax.get_ylabel() == "spectral precision (nm)" and ax.get_yscale() == "log"
@@ -626,6 +626,7 @@ def test_evaluation_figure_shows_the_user_labels_with_their_errors():
     m = synthetic_metrics()
     m["sc_error"]["sf_fused_centroid"] = dict(m["sc_error"]["raw_centroid"])  # an old file
     m["sc_error"]["raw_mle_trusted"]["rmse_nm"] = None  # a NaN written as null
+    m["sc_error"]["raw_gaussian_fit_paired"] = {"n": 0, "valid_fraction": float("nan")}
     fig = evaluation_figure(m)
     bias, rmse, median, within = fig.axes
     labels = [t.get_text() for t in bias.get_yticklabels()]
@@ -644,13 +645,17 @@ def test_evaluation_figure_shows_the_user_labels_with_their_errors():
         "within 5 nm (%; outline: with a value)",
     ]
     keys = [next(k for k, v in ESTIMATOR_LABELS.items() if v == label) for label in labels]
-    want = np.array([m["sc_error"][k]["median_abs_error_nm"] for k in keys])
+    want = np.array([m["sc_error"][k].get("median_abs_error_nm", 0.0) for k in keys])
     np.testing.assert_allclose(bar_widths(median), want)
     rmse_bars = bar_widths(rmse)
     assert rmse_bars[0] == 0  # no value: no bar, a dash
     assert rmse_bars[1] < 80 and "80.00" in texts(fig)  # the outlier: cut, its value written
     np.testing.assert_allclose(rmse_bars[2], m["sc_error"]["raw_gaussian_fit"]["rmse_nm"])
-    np.testing.assert_allclose(bar_widths(within), [99.0] * len(labels) + [80.0] * len(labels))
+    paired = labels.index("raw, least-squares fit (paired)")  # scored on no localization
+    want_within = np.r_[[99.0] * len(labels), [80.0] * len(labels)]
+    want_within[[paired, len(labels) + paired]] = 0
+    np.testing.assert_allclose(bar_widths(within), want_within)
+    assert "none (n 0)" in texts(fig) and texts(fig).count("-") >= 4  # rmse x 2, bias, median
     shown = " ".join(texts(fig))
     internal = [k for k in ESTIMATOR_KEYS if "_" in k]  # "molecule" is also a plain word
     assert not any(k in shown for k in [*internal, "fused"])
@@ -666,6 +671,9 @@ def test_evaluation_rows_and_captions():
     assert "flagged 15.0%" in caption and "dim 4.0%" in caption
     assert caption.index("not_converged") < caption.index("crowded") < caption.index("dim")
     assert mle_caption(None) == "" and dye_caption({}) == ""
+    assert dye_caption({"molecule": 0.9, "localization": 0.8}) == (
+        "Dye classification accuracy: per localization 80.0%, per molecule 90.0%"
+    )
 
 
 # --- the whole report stage ------------------------------------------------------------------

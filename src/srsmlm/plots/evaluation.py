@@ -88,7 +88,8 @@ def _within_panel(ax, stats: list[Mapping], colours: list[str]) -> None:
     ax.barh(ypos, np.nan_to_num(valid), fill=False, edgecolor="0.5")
     ax.barh(ypos, np.nan_to_num(within), color=colours)
     for y, w, s in zip(ypos, within, stats, strict=True):
-        text = f" {fmt(w, '.0f')}% of {fmt(s.get('n'), '.0f')}"
+        n = fmt(s.get("n"), ".0f")
+        text = f" {fmt(w, '.0f')}% of {n}" if np.isfinite(w) else f" none (n {n})"
         ax.text(100, y, text, va="center", fontsize=FONT["legend"])
     ax.set_xlim(0, 175)
     ax.set_xticks([0, 25, 50, 75, 100])
@@ -109,12 +110,15 @@ def mle_caption(mle: Mapping[str, Any] | None) -> str:
 
 
 def dye_caption(accuracy: Mapping[str, Any] | None) -> str:
-    """One line on the dye-classification accuracy (empty without)."""
+    """One line on the dye-classification accuracy, per localization then per molecule
+    (empty without)."""
     if not accuracy:
         return ""
+    keys = [k for k in DYE_ACCURACY_LABELS if k in accuracy]
+    keys += [k for k in accuracy if k not in DYE_ACCURACY_LABELS]
     parts = (
-        f"{DYE_ACCURACY_LABELS.get(k, k.replace('_', ' '))} {fmt(v, '.1f', 100, '%')}"
-        for k, v in accuracy.items()
+        f"{DYE_ACCURACY_LABELS.get(k, k.replace('_', ' '))} {fmt(accuracy[k], '.1f', 100, '%')}"
+        for k in keys
     )
     return "Dye classification accuracy: " + ", ".join(parts)
 

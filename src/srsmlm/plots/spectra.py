@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 MAX_RENDER_SIDE = 4096
 #: spectral_precision.csv column -> its label, in the order drawn
 PRECISION_LINES = {
-    "sc_mle_std_nm": "raw, maximum likelihood",
+    "sc_mle_std_nm": "raw, maximum likelihood (all frames)",
     "fit_raw_std_nm": "raw, least-squares fit",
     "fit_denoised_std_nm": "denoised, least-squares fit",
     "sc_raw_std_nm": "raw centroid",
@@ -108,7 +108,7 @@ def precision_figure(
     lines = [c for c in PRECISION_LINES if np.isfinite(values(precision, c)).any()]
     if not lines and mol.empty:
         return note_figure("No molecule observed in >= 2 frames: no spectral precision", (6, 1.5))
-    fig, ax = new_figure(size=(6.5, 4.5))
+    fig, ax = new_figure(size=(9, 4.5))
     p = precision.assign(
         centre=bin_centre(values(precision, "signal_min"), values(precision, "signal_max"))
     ).sort_values("centre")
@@ -120,7 +120,7 @@ def precision_figure(
     ax.set_xlabel("mean signal of the run (table units)")
     ax.set_ylabel("spectral precision (nm)")
     ax.set_title("SD over a run's frames (median per signal bin)", fontsize=FONT["title"])
-    ax.legend(fontsize=FONT["legend"])
+    ax.legend(fontsize=FONT["legend"], loc="upper left", bbox_to_anchor=(1.02, 1))
     return fig
 
 
