@@ -134,8 +134,9 @@ def _plain_log_ticks(v: float, _pos=None, leads: tuple[int, ...] = (1, 2, 3, 5))
 
 
 def _log_axes(ax) -> None:
-    """Logarithmic x and y where every value drawn is positive, ticks as plain numbers (at 1,
-    2, 3, 5 x 10^k; 1, 2, 5 x 10^k over more than a decade)."""
+    """Logarithmic x and y where every value drawn is positive, ticks as plain numbers: at
+    every tick over half a decade or less, at 1, 2, 3, 5 x 10^k up to a decade, 1, 2, 5 x 10^k
+    beyond."""
     lines = ax.get_lines()
     for data, set_scale, axis in (
         ([line.get_xdata() for line in lines], ax.set_xscale, ax.xaxis),
@@ -144,9 +145,10 @@ def _log_axes(ax) -> None:
         data = np.concatenate(data).astype(np.float64)
         if np.nanmin(data) > 0:
             set_scale("log")
-            wide = np.log10(np.nanmax(data) / np.nanmin(data)) > 1
+            decades = np.log10(np.nanmax(data) / np.nanmin(data))
+            leads = tuple(range(1, 10)) if decades <= 0.5 else (1, 2, 3, 5)
             formatter = FuncFormatter(
-                partial(_plain_log_ticks, leads=(1, 2, 5) if wide else (1, 2, 3, 5))
+                partial(_plain_log_ticks, leads=leads if decades <= 1 else (1, 2, 5))
             )
             axis.set_major_formatter(formatter)
             axis.set_minor_formatter(formatter)
