@@ -409,7 +409,7 @@ def test_precision_figure_shows_maximum_likelihood_and_the_molecules_error():
     ax = fig.axes[0]
     labels = legend_labels(ax)
     assert labels == [
-        "raw, maximum likelihood (all frames)",
+        "raw, maximum likelihood (trusted frames)",
         "raw, least-squares fit",
         "denoised, least-squares fit",
         "raw centroid",

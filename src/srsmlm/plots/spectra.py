@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 MAX_RENDER_SIDE = 4096
 #: spectral_precision.csv column -> its label, in the order drawn
 PRECISION_LINES = {
-    "sc_mle_std_nm": "raw, maximum likelihood (all frames)",
+    "sc_mle_std_nm": "raw, maximum likelihood (trusted frames)",
     "fit_raw_std_nm": "raw, least-squares fit",
     "fit_denoised_std_nm": "denoised, least-squares fit",
     "sc_raw_std_nm": "raw centroid",
