@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 GEOMETRY = {"height": 16, "loc_width": 16, "spectral_width": 48, "spectral_offset": 230}
-#: the simulated demo's dyes (nm) and calibration (config/config.yaml)
+#: the simulated demo's dyes (nm) and calibration (config/config.yaml's defaults)
 DYES_NM = (585.0, 610.0, 635.0)
 NM_PER_PX, WAVELENGTH_AT_OFFSET_NM = 2.06, 560.0
 
@@ -191,15 +191,15 @@ def write_model_and_training(work: Path) -> None:
     """A small untrained U-Net with the model.json the loader expects, and the training outputs
     the report reads (a few test patches, a two-epoch history, test metrics)."""
     import pandas as pd
+    from harness import section  # here: tests load this module without its folder on sys.path
 
     from srsmlm.geometry import Geometry
     from srsmlm.model import ModelConfig, build_unet
 
     g = Geometry.from_config(GEOMETRY)
     (work / "model").mkdir(parents=True, exist_ok=True)
-    model = build_unet(
-        g, ModelConfig(depth=2, base_filters=4, kernel_size=3, output_activation="sigmoid")
-    )
+    small = section("model", depth=2, base_filters=4, kernel_size=3, output_activation="sigmoid")
+    model = build_unet(g, ModelConfig.from_config(small))
     model.save(work / "model/unet.keras")
     (work / "model/model.json").write_text(json.dumps({"geometry": g.to_dict()}))
     t = work / "training"
@@ -227,9 +227,9 @@ def write_model_and_training(work: Path) -> None:
 def prepare(work: Path, n: int, frames: int) -> Path:
     """Inputs, model and config in a child process (its peak RSS stays out of the stages')."""
     import yaml
+    from harness import default_config
 
-    repo = Path(__file__).resolve().parents[1]
-    cfg = yaml.safe_load((repo / "config/config.yaml").read_text())
+    cfg = default_config()
     cfg["geometry"] = GEOMETRY
     config = work / "config.yaml"
     work.mkdir(parents=True, exist_ok=True)

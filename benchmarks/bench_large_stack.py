@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from harness import section
 
 STAGE = r"""
 import json, resource, sys, time
 from pathlib import Path
-stage, work = sys.argv[1], Path(sys.argv[2])
+stage, work, patches = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
 t = time.perf_counter()
 if stage == "read":
     import tifffile
@@ -40,7 +41,7 @@ else:
     from srsmlm.geometry import Geometry
     from srsmlm.patches import PatchParams, prepare_patches
     prepare_patches(work / "clusters.csv", work / "localizations.csv", work / "stack.ome.tif",
-                    Geometry(16, 16, 48, 230), PatchParams(min_loc_max=0.0, background_patches=200), 1, "large", 9,
+                    Geometry(16, 16, 48, 230), PatchParams.from_config(patches), 1, "large", 9,
                     work / "patches/raw.tif", work / "patches/clean.tif", work / "patches/patches.csv",
                     threads=2)
 print(json.dumps({"stage": stage, "seconds": time.perf_counter() - t,
@@ -114,6 +115,9 @@ def main() -> None:
         f"wrote {args.frames} x 256 x 512 stack ({size:.2f} GiB) and {n:,} localizations in "
         f"{time.perf_counter() - t:.0f} s"
     )
+    # the configured patch stage with SF-fusion targets (the synthetic spots have no spectra
+    # for the model targets' fits), every frame kept
+    patches = json.dumps(section("patches", target="sf_fusion", min_loc_max=0.0))
     seconds = {}
     for stage in ("filter", "cluster", "read", "patches"):
         if stage in ("read", "patches"):
@@ -121,7 +125,7 @@ def main() -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # cold page cache
             os.close(fd)
         out = subprocess.run(
-            [sys.executable, "-c", STAGE, stage, str(work)], capture_output=True, text=True
+            [sys.executable, "-c", STAGE, stage, str(work), patches], capture_output=True, text=True
         )
         if out.returncode != 0:
             raise SystemExit(out.stderr[-3000:])

@@ -20,12 +20,14 @@ import sys
 import time
 from pathlib import Path
 
+from harness import section
+
 CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 import shutil
 from pathlib import Path
-kind, work = sys.argv[1], Path(sys.argv[2])
+kind, work, patches = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
 shutil.rmtree(work / "out", ignore_errors=True)  # as Snakemake removes a job's old outputs
 t = time.perf_counter()
 if kind == "read":
@@ -40,7 +42,7 @@ elif kind == "srsmlm":
     from srsmlm.patches import PatchParams, prepare_patches
     t_import = time.perf_counter() - t
     prepare_patches(work / "clusters.csv", work / "localizations.csv", work / "stack.ome.tif",
-                    Geometry(16, 16, 48, 230), PatchParams(min_loc_max=0.0035), 1, "bench", 9,
+                    Geometry(16, 16, 48, 230), PatchParams.from_config(patches), 1, "bench", 9,
                     work / "out/raw.tif", work / "out/clean.tif", work / "out/patches.csv",
                     threads=2)  # the guide-style code below gets n_jobs=2 too
 elif kind == "naive":
@@ -91,11 +93,20 @@ print(json.dumps({"kind": kind, "seconds": seconds, "import_seconds": t_import,
 """
 
 
+#: the configured patch stage doing what the guide-style code does: SF-fusion targets, the
+#: guide's offset jitter, no molecule-free patches
+PATCHES = section(
+    "patches", target="sf_fusion", offset_jitter=[-10, 20], background_patches=0, min_loc_max=0.0035
+)
+
+
 def run_child(kind: str, work: Path, cold: bool = False) -> dict:
     if cold:
         evict(work / "stack.ome.tif")
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, kind, str(work)], capture_output=True, text=True
+        [sys.executable, "-c", CHILD, kind, str(work), json.dumps(PATCHES)],
+        capture_output=True,
+        text=True,
     )
     if out.returncode != 0:
         raise SystemExit(out.stderr[-3000:])
@@ -125,14 +136,16 @@ def prepare(work: Path, frames: int) -> None:
     if (work / "clusters.csv").exists() and (work / "frames.txt").read_text() == str(frames):
         return
     work.mkdir(parents=True, exist_ok=True)
-    p = SimulationParams(
+    sim = section(
+        "simulation",
         frames=frames,
         height=256,
         width=512,
         n_molecules=max(50, frames // 3),
-        mean_photons=3000.0,
-        spot_region_x=(12.0, 218.0),
-        geometry=Geometry(16, 16, 48, 230),
+        spot_region_x=[12.0, 218.0],
+    )
+    p = SimulationParams.from_config(
+        {**sim, "camera": section("camera")}, Geometry(16, 16, 48, 230), 3000.0
     )
     t = time.perf_counter()
     simulate_acquisition(

@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import tifffile
-import yaml
+from harness import default_config
 
 from srsmlm.geometry import Geometry
 from srsmlm.mle import box_model
 from srsmlm.stack import Stack
 from srsmlm.targets import TargetModel, leave_one_out_fits
 
-CONFIG = yaml.safe_load((Path(__file__).parents[1] / "config/config.yaml").read_text())
+CONFIG = default_config()
 SPECTRA, CAMERA = CONFIG["spectra"], CONFIG["camera"]
 G = Geometry.from_config(CONFIG["geometry"])
 
@@ -54,7 +54,12 @@ def long_run(folder: Path, k: int, seed: int = 0) -> tuple[Path, pd.DataFrame]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=300)
-    ap.add_argument("--max-frames", type=int, default=64)
+    ap.add_argument(
+        "--max-frames",
+        type=int,
+        default=CONFIG["patches"]["target_max_frames"],
+        help="the cap (default: the config's patches.target_max_frames)",
+    )
     args = ap.parse_args(argv)
     tm = TargetModel.from_config(SPECTRA, CAMERA, G)
     with tempfile.TemporaryDirectory() as d:

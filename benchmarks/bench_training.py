@@ -28,6 +28,7 @@ import pandas as pd
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+from harness import section  # noqa: E402
 
 from srsmlm.dataset import group_split, save_npz  # noqa: E402
 from srsmlm.geometry import Geometry  # noqa: E402
@@ -36,9 +37,11 @@ from srsmlm.training import TrainingConfig, select_device, train  # noqa: E402
 
 GEOMETRY = Geometry(16, 16, 48, 230)
 SEED = 1
-MODELS = {
-    "guide": ModelConfig(),
-    "small": ModelConfig(depth=2, base_filters=8, kernel_size=3),
+MODELS = {  # the configured model: section with these changes
+    "guide": ModelConfig.from_config(
+        section("model", depth=3, base_filters=16, kernel_size=6, output_activation="sigmoid")
+    ),
+    "small": ModelConfig.from_config(section("model", depth=2, base_filters=8, kernel_size=3)),
 }
 
 
@@ -156,8 +159,14 @@ def main() -> None:
     x = rng.random((args.patches, *GEOMETRY.shape, 1), dtype=np.float32) * 0.01
     y = rng.random((args.patches, *GEOMETRY.shape, 1), dtype=np.float32)
     groups = np.arange(args.patches) // 10
-    cfg = TrainingConfig(
-        epochs=args.epochs, batch_size=args.batch_size, validation_fraction=0.1, patience=10
+    cfg = TrainingConfig.from_config(
+        section(
+            "training",
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            validation_fraction=0.1,
+            patience=10,
+        )
     )
     device = select_device()
     results: dict[str, list[dict[str, float]]] = {"pipeline": [], "plain": []}

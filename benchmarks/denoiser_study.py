@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import pandas as pd
 import tifffile
-import yaml
+from harness import load_config
 
 from srsmlm.calibration import calibration_from_config
 from srsmlm.evaluation import evaluate
@@ -85,14 +85,15 @@ def train_variant(x, y, g: Geometry, mc: ModelConfig, kind: str, epochs: int, se
     return model, epochs * len(x) / (time.perf_counter() - t)
 
 
-def score(run: Path, spectra: pd.DataFrame, tmp: Path) -> dict:
+def score(run: Path, spectra: pd.DataFrame, tmp: Path, cfg: dict) -> dict:
+    """The evaluation stage's errors (its ``spectra:`` settings from the run's config)."""
     spectra.to_csv(tmp / "spectra.csv", index=False)
     m = evaluate(
         [tmp / "spectra.csv"],
         [run / "results/simulated/demo_unseen/truth.csv"],
         ["demo_unseen"],
-        4,
-        5.0,
+        cfg["spectra"]["signal_bins"],
+        cfg["spectra"]["tolerance_nm"],
         tmp / "m.json",
         tmp / "t.csv",
         [run / "results/demo_unseen/molecules.csv"],
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variants", nargs="+", default=["mse:10", "mse:60", "prof16:10"])
     args = ap.parse_args(argv)
     logging.disable(logging.WARNING)
-    cfg = yaml.safe_load((args.run / "config/config.yaml").read_text())
+    cfg = load_config(args.run / "config/config.yaml")
     g = Geometry(**cfg["geometry"])
     mc = ModelConfig.from_config(cfg["model"])
     cal = calibration_from_config(cfg["spectra"], g)
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         f"offset_jitter {cfg['patches']['offset_jitter']}; {len(unseen)} demo_unseen patches"
     )
     with tempfile.TemporaryDirectory() as d:
-        base = score(args.run, spectra, Path(d))
+        base = score(args.run, spectra, Path(d), cfg)
         ref = base["raw_gaussian_fit"]
         print(line("raw least-squares fit", ref))
         print(line("pipeline's denoised fit", base["denoised_gaussian_fit"], ref))
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.run,
                 spectra.assign(fit_denoised_centre_nm=spectra["localization_index"].map(fit)),
                 Path(d),
+                cfg,
             )
             print(
                 line(v, e["denoised_gaussian_fit"], ref)

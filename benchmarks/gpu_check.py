@@ -1,11 +1,12 @@
 """Does training and inference run on the GPU, and how fast? Installs nothing.
 
-Trains the U-Net for 2 epochs on simulated 16 x 64 patches with the pipeline's own training
-(``srsmlm.training.train``: seeded per-epoch order, validation, per-epoch backup), then runs one
-inference pass over the patches the way the denoising stage does
-(``srsmlm.inference.predict_batches``). Prints the device (GPU name or CPU), training and
-inference patches/s (the first epoch, which includes XLA compilation, is reported apart), and
-TensorFlow's peak GPU memory; then the same as one JSON line.
+Trains the configured U-Net (config/config.yaml) for 2 epochs on simulated 16 x 64 patches with
+the pipeline's own training (``srsmlm.training.train``: seeded per-epoch order, validation,
+per-epoch backup, the configured ``training:`` settings), then runs one inference pass over the
+patches the way the denoising stage does (``srsmlm.inference.predict_batches``). Prints the
+device (GPU name or CPU), training and inference patches/s (the first epoch, which includes XLA
+compilation, is reported apart), and TensorFlow's peak GPU memory; then the same as one JSON
+line.
 
     python benchmarks/gpu_check.py            # 8192 patches on a GPU, 320 on the CPU
     python benchmarks/gpu_check.py --small    # 320 patches: a minute or two on a laptop CPU
@@ -27,6 +28,7 @@ import pandas as pd
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
+from harness import section  # noqa: E402
 
 from srsmlm.dataset import save_npz  # noqa: E402
 from srsmlm.geometry import Geometry  # noqa: E402
@@ -88,12 +90,14 @@ def run(n: int, epochs: int, batch_size: int, inference_batch: int) -> dict[str,
                 "split": "train",
             }
         ).to_csv(folder / "index.csv", index=False)
-        cfg = TrainingConfig(epochs=epochs, batch_size=batch_size, patience=epochs + 1)
+        cfg = TrainingConfig.from_config(
+            section("training", epochs=epochs, batch_size=batch_size, patience=epochs + 1)
+        )
         meta = train(
             folder / "train.npz",
             folder / "index.csv",
             GEOMETRY,
-            ModelConfig(),
+            ModelConfig.from_config(section("model")),
             cfg,
             {"input_divisor": 65536},
             1,
@@ -134,8 +138,18 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help=f"{SMALL} patches (CPU-friendly)")
     ap.add_argument("--patches", type=int, help=f"default {LARGE} on a GPU, {SMALL} on the CPU")
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=80, help="training batch (config: 80)")
-    ap.add_argument("--inference-batch", type=int, default=1024)
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=section("training")["batch_size"],
+        help="training batch (default: the config's)",
+    )
+    ap.add_argument(
+        "--inference-batch",
+        type=int,
+        default=section("inference")["batch_size"],
+        help="inference batch (default: the config's)",
+    )
     args = ap.parse_args()
     if args.epochs < 2:
         ap.error("--epochs must be at least 2 (the first epoch includes compilation)")

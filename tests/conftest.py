@@ -2,32 +2,64 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from srsmlm.geometry import Geometry
 from srsmlm.simulate import SimulationParams, simulate_acquisition
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+@functools.cache
+def _default_config() -> dict[str, Any]:
+    from snakemake.utils import validate
+
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    validate(cfg, str(SCHEMA), set_default=True)
+    return cfg
+
+
+def default_config() -> dict[str, Any]:
+    """config/config.yaml as the pipeline's scripts see it (validated against the schema, its
+    defaults filled in); a fresh copy on every call."""
+    return copy.deepcopy(_default_config())
+
+
+def section(name: str, **overrides: Any) -> dict[str, Any]:
+    """One section of :func:`default_config`, with ``overrides`` (keys of that section only)."""
+    values = default_config()[name]
+    unknown = sorted(set(overrides) - set(values))
+    if unknown:
+        raise KeyError(f"{name} has no key(s) {', '.join(unknown)}")
+    return {**values, **overrides}
 
 
 def tiny_params(**overrides) -> SimulationParams:
-    """A small but physical acquisition: 64 x 320 px frames (fits the default geometry)."""
-    base = dict(
+    """A small but physical acquisition: 64 x 320 px frames (fits the default geometry); the
+    rest of the ``simulation:`` and ``camera:`` sections as configured. ``overrides`` are
+    SimulationParams fields."""
+    sim = {**section("simulation"), "camera": section("camera")}
+    params = SimulationParams.from_config(sim, Geometry.from_config(section("geometry")), 4000.0)
+    small = dict(
         frames=120,
         height=64,
         width=320,
         n_molecules=40,
-        mean_photons=4000.0,
         spot_region_x=(12.0, 50.0),
         margin_px=10.0,
         mean_run_length=14.0,
     )
-    base.update(overrides)
-    return SimulationParams(geometry=Geometry(16, 16, 48, 230), **base)
+    return dataclasses.replace(params, **{**small, **overrides})
 
 
 @pytest.fixture(scope="session")

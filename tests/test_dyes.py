@@ -3,7 +3,13 @@
 import numpy as np
 import pandas as pd
 
-from srsmlm.dyes import classify_dyes, classify_localizations, precision_by_signal
+from srsmlm.dyes import (
+    TRUSTED_MLE,
+    classify_dyes,
+    classify_localizations,
+    precision_by_signal,
+    trusted_mle,
+)
 
 
 def test_gmm_separates_two_dyes():
@@ -48,3 +54,17 @@ def test_localizations_classified_by_the_value_they_are_read_by():
     np.testing.assert_array_equal(again[0], cls)
     none = classify_localizations(mle, np.zeros(n, bool), denoised, None, seed=1)
     assert (none[0] == -1).all()
+
+
+def test_mle_precision_is_over_trusted_frames_only():
+    """A flagged frame's value (here 30 nm off) does not enter the maximum-likelihood precision."""
+    runs = pd.DataFrame(
+        {
+            "cluster": [0, 0, 0, 0],
+            "signal": [100.0] * 4,
+            "sc_mle_nm": [600.0, 602.0, 604.0, 630.0],
+            "sc_mle_flag": [np.nan, "", np.nan, "crowded"],
+        }
+    )
+    out = precision_by_signal(trusted_mle(runs), {"sc_mle_std_nm": TRUSTED_MLE}, n_bins=1)
+    np.testing.assert_allclose(out["sc_mle_std_nm"], [2.0])

@@ -20,6 +20,8 @@ from srsmlm.inference import (  # noqa: E402
 )
 from srsmlm.model import ModelConfig, build_unet  # noqa: E402
 
+from .conftest import section  # noqa: E402
+
 pytestmark = pytest.mark.tf
 
 G = Geometry(16, 16, 48, 230)
@@ -28,9 +30,8 @@ G = Geometry(16, 16, 48, 230)
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     d = tmp_path_factory.mktemp("model")
-    model = build_unet(
-        G, ModelConfig(depth=2, base_filters=2, kernel_size=3, output_activation="linear")
-    )
+    tiny = section("model", depth=2, base_filters=2, kernel_size=3, output_activation="linear")
+    model = build_unet(G, ModelConfig.from_config(tiny))
     model.save(d / "unet.keras")
     (d / "model.json").write_text(json.dumps({"geometry": G.to_dict()}))
     return d / "unet.keras", d / "model.json"
@@ -151,8 +152,9 @@ def test_denoise_with_shifts_fits_every_shifted_prediction(tiny_model, tmp_path)
         o = tmp_path / name
         run_denoise(tmp_path, tiny_model, o, shifts=shifts, profile_rows=4)
         outs[name] = (tifffile.imread(o / "den.tif"), pd.read_csv(o / "patches.csv"))
-    # (equal up to float round-off: oneDNN sums depend on how patches are batched)
-    np.testing.assert_allclose(outs["plain"][0], outs["spun"][0], atol=1e-6)
+    # (equal up to float32 round-off: oneDNN sums depend on how patches are batched, up to
+    # ~6e-5 relative after the network's layers)
+    np.testing.assert_allclose(outs["plain"][0], outs["spun"][0], rtol=1e-4, atol=1e-6)
     table = outs["spun"][1]
     assert table["denoised_shifts"].tolist() == [3, 3, 2]
     model = load_model(*tiny_model, G)

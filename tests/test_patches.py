@@ -24,8 +24,24 @@ from srsmlm.patches import (
 )
 from srsmlm.stack import Stack
 
+from .conftest import section
+
 G = Geometry(16, 16, 48, 230)
-NOJIT = dict(offset_jitter=(0, 0), row_jitter=0, box_shift=0, min_loc_max=0.0, background_patches=0)
+#: SF-fusion targets (these tests give the patch stage no TargetModel) in unjittered boxes, every
+#: frame kept, no molecule-free patches
+NOJIT = dict(
+    target="sf_fusion",
+    offset_jitter=(0, 0),
+    row_jitter=0,
+    box_shift=0,
+    min_loc_max=0.0,
+    background_patches=0,
+)
+
+
+def patch_params(**overrides) -> PatchParams:
+    """The configured ``patches:`` section with ``overrides``."""
+    return PatchParams.from_config(section("patches", **overrides))
 
 
 def synthetic(tmp_path, n_frames=12, spots=((40, 30),), frame_shape=(64, 320), value=3000):
@@ -66,7 +82,7 @@ def run(tmp_path, sp, cp, params=None, seed=1, out="out"):
         cp,
         sp,
         G,
-        params or PatchParams(**NOJIT),
+        params or patch_params(**NOJIT),
         seed,
         "acq",
         9,
@@ -115,7 +131,7 @@ def test_place_boxes_with_jitter():
 
 
 def test_run_jitter_ranges_and_seed():
-    p = PatchParams(offset_jitter=(-10, 20), row_jitter=1, box_shift=6)
+    p = patch_params(offset_jitter=(-10, 20), row_jitter=1, box_shift=6)  # the guide's jitter
     j = run_jitter(5000, p, np.random.default_rng(0))
     assert j["offset_jitter"].min() == -10 and j["offset_jitter"].max() == 20
     assert set(np.unique(j["row_jitter"])) == {-1, 0, 1}
@@ -134,10 +150,10 @@ def test_out_of_frame_runs_are_skipped_and_counted(tmp_path):
 def test_dim_threshold_and_no_patch_error(tmp_path):
     sp, cp, _ = synthetic(tmp_path)
     # value 3000..4100 ADU -> 0.046..0.063 after /2**16: a 0.05 threshold drops the first frames
-    counts, _ = run(tmp_path, sp, cp, PatchParams(**{**NOJIT, "min_loc_max": 0.05}))
+    counts, _ = run(tmp_path, sp, cp, patch_params(**{**NOJIT, "min_loc_max": 0.05}))
     assert counts["dropped_dim"] == 3 and counts["patches"] == 9
     with pytest.raises(InputError, match="patches.min_loc_max"):
-        run(tmp_path, sp, cp, PatchParams(**{**NOJIT, "min_loc_max": 0.5}), out="none")
+        run(tmp_path, sp, cp, patch_params(**{**NOJIT, "min_loc_max": 0.5}), out="none")
     assert not (tmp_path / "none" / "raw.tif").exists()
     assert not (tmp_path / "none" / "patches.csv").exists()
 
@@ -147,7 +163,7 @@ def test_targets_in_range_and_selection_rule(tiny_acquisition, tmp_path):
     clu = tmp_path / "clu.csv"
     filter_stage(tiny_acquisition["peakfit"], "peakfit", None, 300, [10, 220], [10, 250], loc)
     cluster_stage(loc, 0.001, 3, 9, clu)
-    p = PatchParams(min_loc_max=0.0035)
+    p = patch_params(target="sf_fusion", min_loc_max=0.0035)
     o = tmp_path / "p"
     counts = prepare_patches(
         clu,
@@ -188,8 +204,9 @@ def test_same_seed_same_bytes_any_chunking_and_seed_changes_jitter(tiny_acquisit
     loc, clu = tmp_path / "loc.csv", tmp_path / "clu.csv"
     filter_stage(tiny_acquisition["peakfit"], "peakfit", None, 300, None, None, loc)
     cluster_stage(loc, 0.001, 3, 9, clu)
-    p = PatchParams(min_loc_max=0.0, background_patches=20, chunk_size=100)
-    one_chunk = PatchParams(min_loc_max=0.0, background_patches=20, chunk_size=100_000)
+    sf = dict(target="sf_fusion", min_loc_max=0.0, background_patches=20)
+    p = patch_params(**sf, chunk_size=100)
+    one_chunk = patch_params(**sf, chunk_size=100_000)
     digests = []
     for name, seed, params in (("a", 1, p), ("b", 1, p), ("c", 2, p), ("d", 1, one_chunk)):
         o = tmp_path / name
@@ -225,7 +242,7 @@ def test_bad_inputs(tmp_path):
             cp,
             tmp_path / "nope.tif",
             G,
-            PatchParams(**NOJIT),
+            patch_params(**NOJIT),
             1,
             "a",
             9,
@@ -249,7 +266,7 @@ def test_bad_inputs(tmp_path):
             cp,
             sp,
             big,
-            PatchParams(**NOJIT),
+            patch_params(**NOJIT),
             1,
             "a",
             9,
@@ -262,7 +279,7 @@ def test_bad_inputs(tmp_path):
 
 def test_background_patches_avoid_molecules(tmp_path):
     sp, cp, _ = synthetic(tmp_path, spots=((40, 30),), frame_shape=(64, 420))
-    counts, o = run(tmp_path, sp, cp, PatchParams(**{**NOJIT, "background_patches": 20}))
+    counts, o = run(tmp_path, sp, cp, patch_params(**{**NOJIT, "background_patches": 20}))
     table = pd.read_csv(o / "patches.csv")
     bg = table[table["kind"] == "background"]
     assert counts["background_patches"] == 20 and len(bg) == 20
@@ -299,18 +316,20 @@ def test_background_boxes_check_only_the_frames_they_span():
 def test_row_jitter_per_frame_for_model_targets_per_run_for_sf_fusion():
     run_index = np.repeat(np.arange(40), 25)
     for target, per_frame in (("model", True), ("sf_fusion", False)):
-        p = PatchParams(offset_jitter=(-15, 15), row_jitter=1, target=target)
+        p = patch_params(
+            offset_jitter=(-15, 15), row_jitter=1, target=target, spectral_position=None
+        )
         j = row_jitter(run_index, p, np.random.default_rng(0))
         assert all(len(v) == len(run_index) for v in j.values())
         within = [len(np.unique(j["offset_jitter"][run_index == r])) for r in range(40)]
         assert (max(within) > 1) == per_frame and min(within) >= 1
         assert j["offset_jitter"].min() >= -15 and j["offset_jitter"].max() <= 15
     # spectral_position replaces offset_jitter by a drawn position in the box (model targets)
-    p = PatchParams(offset_jitter=(-15, 15), target="model", spectral_position=(0.0, 48.0))
+    p = patch_params(offset_jitter=(-15, 15), target="model", spectral_position=(0.0, 48.0))
     j = row_jitter(run_index, p, np.random.default_rng(0))
     assert not j["offset_jitter"].any()
     assert 0 <= j["position"].min() < 2 and 46 < j["position"].max() < 48
-    assert row_jitter(np.zeros(0, np.int64), PatchParams(), np.random.default_rng(0))[
+    assert row_jitter(np.zeros(0, np.int64), patch_params(), np.random.default_rng(0))[
         "offset_jitter"
     ].shape == (0,)
 
@@ -318,9 +337,9 @@ def test_row_jitter_per_frame_for_model_targets_per_run_for_sf_fusion():
 def test_spectral_position_must_be_a_range_in_the_box():
     for bad in ((10.0, 10.0), (30.0, 5.0), (-20.0, 0.0), (48.0, 60.0)):
         with pytest.raises(InputError, match="spectral_position"):
-            check_spectral_position(PatchParams(target="model", spectral_position=bad), G)
+            check_spectral_position(patch_params(target="model", spectral_position=bad), G)
     for ok in ((0.0, 48.0), (-12.0, 60.0), None):
-        check_spectral_position(PatchParams(target="model", spectral_position=ok), G)
+        check_spectral_position(patch_params(target="model", spectral_position=ok), G)
 
 
 def test_shifted_patches_equal_patches_cut_at_shifted_boxes(tmp_path):

@@ -43,6 +43,9 @@ def test_report_renders_with_figures(tiny_run, tmp_path):
     snakemake(tiny_run, "--report", "report.html")
     html = tiny_run / "report.html"
     assert html.stat().st_size > 100_000  # figures are embedded
+    text = html.read_text(errors="replace")
+    assert "Clean targets of this run" in text  # the opening text, rendered from the config
+    assert "SF-fused" not in text  # no caption describes the retired leave-one-out centroid
     failed, errors, shown = [], [], []
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(

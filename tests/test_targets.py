@@ -23,6 +23,8 @@ from srsmlm.targets import (
     render_targets,
 )
 
+from .conftest import section
+
 G = Geometry(16, 16, 48, 230)
 SPECTRA = {
     "nm_per_px": 2.0,
@@ -44,7 +46,22 @@ SPECTRA = {
 }
 GAIN, OFFSET = 50.0, 100.0
 CAMERA = {"type": "scmos", "gain_adu_per_photon": GAIN, "offset_adu": OFFSET, "read_noise_adu": 1.0}
-NOJIT = dict(offset_jitter=(0, 0), row_jitter=0, box_shift=0, min_loc_max=0.0, background_patches=0)
+#: model targets in unjittered boxes (no spectral_position draw), every frame kept, no
+#: molecule-free patches
+NOJIT = dict(
+    target="model",
+    offset_jitter=(0, 0),
+    row_jitter=0,
+    box_shift=0,
+    spectral_position=None,
+    min_loc_max=0.0,
+    background_patches=0,
+)
+
+
+def patch_params(**overrides) -> PatchParams:
+    """The configured ``patches:`` section with ``overrides``."""
+    return PatchParams.from_config(section("patches", **overrides))
 
 
 def noise_free_run(tmp_path, n_frames=10, x=40.3, y=30.6, distance=254.1, width=8.5, photons=None):
@@ -214,7 +231,7 @@ def test_model_targets_in_the_patch_stage_same_seed_same_bytes(tiny_acquisition,
     digests, counts = [], []
     for name, chunk in (("a", 100), ("b", 100), ("c", 100_000)):
         o = tmp_path / name
-        p = PatchParams(min_loc_max=0.0, background_patches=0, chunk_size=chunk, target="model")
+        p = patch_params(min_loc_max=0.0, background_patches=0, chunk_size=chunk, target="model")
         counts.append(
             prepare_patches(
                 clu,
@@ -260,8 +277,8 @@ def test_model_target_needs_a_target_model_and_known_names(tmp_path):
     cp = tmp_path / "clusters.csv"
     runs.drop(columns="crowded").to_csv(cp, index=False)
     for params, err in (
-        (PatchParams(**NOJIT, target="model"), "needs a TargetModel"),
-        (PatchParams(**NOJIT, target="fused"), "patches.target 'fused'"),
+        (patch_params(**NOJIT), "needs a TargetModel"),
+        (patch_params(**{**NOJIT, "target": "fused"}), "patches.target 'fused'"),
     ):
         with pytest.raises(ValueError, match=err):
             prepare_patches(
@@ -291,7 +308,7 @@ def model_patches(path, runs, p, tmp_path, out):
 
 def test_molecule_free_patches_get_empty_model_targets(tmp_path):
     path, runs, _ = noise_free_run(tmp_path, n_frames=12)
-    p = PatchParams(**dict(NOJIT, background_patches=9), target="model")
+    p = patch_params(**{**NOJIT, "background_patches": 9})
     o = tmp_path / "out"
     counts = model_patches(path, runs, p, tmp_path, o)
     assert counts["background_patches"] == 9 and counts["signal_patches"] == 12
@@ -319,7 +336,7 @@ def test_spectral_position_cuts_each_frame_where_its_spectrum_lands(tmp_path):
     """With a flat position prior every frame's raw patch is cut with the spectrum at its drawn
     position, and its target is drawn in that same box (noise-free: the same peak column)."""
     path, runs, _ = noise_free_run(tmp_path, n_frames=30, x=40.3, distance=254.1, width=5.0)
-    p = PatchParams(**NOJIT, target="model", spectral_position=(6.0, 42.0), target_max=None)
+    p = patch_params(**{**NOJIT, "spectral_position": (6.0, 42.0)}, target_max=None)
     o = tmp_path / "out"
     counts = model_patches(path, runs, p, tmp_path, o)
     assert counts["signal_patches"] == 30 and counts["dropped_box_outside"] == 0
@@ -348,6 +365,6 @@ def test_spectral_position_reads_each_patch_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(patches, "extract_patches", counting)
     path, runs, _ = noise_free_run(tmp_path, n_frames=20, x=40.3, distance=254.1, width=5.0)
-    p = PatchParams(**NOJIT, target="model", spectral_position=(6.0, 42.0))
+    p = patch_params(**{**NOJIT, "spectral_position": (6.0, 42.0)})
     counts = model_patches(path, runs, p, tmp_path, tmp_path / "out")
     assert counts["signal_patches"] == 20 and sum(cut) == 20

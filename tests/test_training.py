@@ -21,10 +21,17 @@ from srsmlm.training import (  # noqa: E402
     train,
 )
 
+from .conftest import section  # noqa: E402
+
 pytestmark = pytest.mark.tf
 
 G = Geometry(16, 16, 48, 230)
-TINY = ModelConfig(depth=2, base_filters=4, kernel_size=3)
+TINY = ModelConfig.from_config(section("model", depth=2, base_filters=4, kernel_size=3))
+
+
+def training_config(**overrides) -> TrainingConfig:
+    """The configured ``training:`` section with ``overrides``."""
+    return TrainingConfig.from_config(section("training", **overrides))
 
 
 def tiny_data(tmp_path, n=96):
@@ -53,7 +60,7 @@ def tiny_data(tmp_path, n=96):
 def run(tmp_path, out, epochs=2, callbacks=None, seed=3, patience=10, lr=1e-3, schedule="cosine"):
     npz, index = tiny_data(tmp_path)
     o = tmp_path / out
-    cfg = TrainingConfig(
+    cfg = training_config(
         epochs=epochs,
         batch_size=16,
         validation_fraction=0.25,
@@ -107,7 +114,7 @@ class Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt("killed by the cluster")
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "plateau"])
+@pytest.mark.parametrize("schedule", ["cosine", pytest.param("plateau", marks=pytest.mark.slow)])
 def test_resume_after_interruption_continues_epoch_count(tmp_path, schedule):
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, "r", epochs=4, callbacks=[Interrupt(2)], patience=1, schedule=schedule)
@@ -134,6 +141,7 @@ def weights(path):
     return keras.models.load_model(path).get_weights()
 
 
+@pytest.mark.slow
 def test_backup_is_one_committed_state_per_epoch(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, "k", epochs=3, callbacks=[Interrupt(2)], schedule="plateau")
@@ -145,6 +153,7 @@ def test_backup_is_one_committed_state_per_epoch(tmp_path):
     assert backup.callbacks[0]["wait"] >= 0 and "cooldown_counter" in backup.callbacks[1]
 
 
+@pytest.mark.slow
 def test_killed_after_the_last_commit_finishes_without_training_again(tmp_path):
     with pytest.raises(KeyboardInterrupt):  # after the last epoch, before the outputs
         run(tmp_path, "r", epochs=2, callbacks=[Interrupt(2)])
@@ -158,6 +167,7 @@ def test_killed_after_the_last_commit_finishes_without_training_again(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(w_r, w_u, strict=True))
 
 
+@pytest.mark.slow
 def test_a_backup_of_other_settings_is_not_resumed(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, "s", epochs=3, callbacks=[Interrupt(1)])
@@ -218,6 +228,7 @@ def test_make_dataset_gathers_the_given_rows_without_copying_them():
     np.testing.assert_array_equal(val, rows[::-1])
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_on_cpu(tmp_path):
     run(tmp_path, "a", seed=11)
     run(tmp_path, "b", seed=11)
@@ -228,7 +239,7 @@ def test_same_seed_same_weights_on_cpu(tmp_path):
 
 
 def test_learning_rate_schedules():
-    cfg = TrainingConfig(epochs=4, learning_rate=1e-3, min_lr=1e-4, warmup_epochs=1)
+    cfg = training_config(epochs=4, learning_rate=1e-3, min_lr=1e-4, warmup_epochs=1)
     sched = learning_rate(cfg, 10)
     lr = [float(keras.ops.convert_to_numpy(sched(step))) for step in range(41)]
     assert lr[0] == pytest.approx(1e-5)
@@ -236,16 +247,17 @@ def test_learning_rate_schedules():
     assert lr[10] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lr[10:40], lr[11:41], strict=True))  # then decays
     assert lr[40] == pytest.approx(1e-4)
-    no_warmup = learning_rate(TrainingConfig(epochs=2, warmup_epochs=0), 5)
+    no_warmup = learning_rate(training_config(epochs=2, warmup_epochs=0), 5)
     assert float(keras.ops.convert_to_numpy(no_warmup(0))) == pytest.approx(1e-3)
-    assert learning_rate(TrainingConfig(schedule="plateau", learning_rate=2e-3), 10) == 2e-3
+    assert learning_rate(training_config(schedule="plateau", learning_rate=2e-3), 10) == 2e-3
     with pytest.raises(ValueError, match="training.schedule 'step'"):
-        learning_rate(TrainingConfig(schedule="step"), 10)
+        learning_rate(training_config(schedule="step"), 10)
 
 
 def test_gradients_are_clipped_to_the_global_norm():
-    model = compiled_model(G, TINY, TrainingConfig(clipnorm=0.5), 10)
+    model = compiled_model(G, TINY, training_config(clipnorm=0.5), 10)
     assert model.optimizer.global_clipnorm == 0.5
     assert (
-        compiled_model(G, TINY, TrainingConfig(clipnorm=None), 10).optimizer.global_clipnorm is None
+        compiled_model(G, TINY, training_config(clipnorm=None), 10).optimizer.global_clipnorm
+        is None
     )

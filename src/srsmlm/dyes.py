@@ -13,8 +13,18 @@ PRECISION_COLUMNS = {
     "sc_denoised_std_nm": "sc_denoised_nm",
     "fit_raw_std_nm": "fit_raw_centre_nm",
     "fit_denoised_std_nm": "fit_denoised_centre_nm",
-    "sc_mle_std_nm": "sc_mle_nm",
+    "sc_mle_std_nm": "sc_mle_trusted_nm",
 }
+
+#: the precision's column of trusted maximum-likelihood centres (flagged frames NaN), made by
+#: :func:`trusted_mle`: the spread of flagged values is no precision of what users read
+TRUSTED_MLE = "sc_mle_trusted_nm"
+
+
+def trusted_mle(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with the ``TRUSTED_MLE`` column: ``sc_mle_nm`` where ``sc_mle_flag`` is empty."""
+    trusted = runs["sc_mle_flag"].fillna("").to_numpy() == ""
+    return runs.assign(**{TRUSTED_MLE: np.where(trusted, runs["sc_mle_nm"], np.nan)})
 
 
 def fit_dye_mixture(

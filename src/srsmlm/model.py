@@ -1,9 +1,10 @@
 """The U-Net of the guide, built for any geometry and depth (Keras 3 on TensorFlow).
 
-Default (depth 3, 16 base filters, 6x6 kernels) reproduces the guide: encoder levels of 16/32/64
-filters, each a convolution and a stride-2 convolution with LeakyReLU(0.2) and batch norm, a
-128-filter bottleneck; decoder levels of Conv2DTranspose + concatenation with the skip +
-UpSampling2D + convolution; a 1x1 output convolution.
+Depth 3, 16 base filters, 6x6 kernels and a sigmoid output reproduce the guide: encoder levels of
+16/32/64 filters, each a convolution and a stride-2 convolution with LeakyReLU(0.2) and batch
+norm, a 128-filter bottleneck; decoder levels of Conv2DTranspose + concatenation with the skip +
+UpSampling2D + convolution; a 1x1 output convolution. The config's defaults keep the levels but
+use 5x5 kernels (odd: no half-pixel shift) and a relu output (``model:`` in the schema).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 from keras import layers  # noqa: E402
 
-from .errors import InputError  # noqa: E402
+from .errors import InputError, config_values  # noqa: E402
 from .geometry import Geometry  # noqa: E402
 
 ACTIVATIONS = ("sigmoid", "linear", "relu")
@@ -65,18 +66,21 @@ class PartsNormalisation(layers.Layer):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture; saved as JSON beside the weights (CSBDeep style)."""
+    """Architecture (the ``model:`` config section; every key required, the defaults are the
+    schema's); saved as JSON beside the weights (CSBDeep style)."""
 
-    depth: int = 3
-    base_filters: int = 16
-    kernel_size: int = 6
-    output_activation: str = "sigmoid"
-    input_normalisation: str = "parts"
-    batch_norm_momentum: float = 0.9
+    depth: int
+    base_filters: int
+    kernel_size: int
+    output_activation: str
+    input_normalisation: str
+    batch_norm_momentum: float
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> ModelConfig:
-        return cls(**{k: section[k] for k in cls.__dataclass_fields__ if k in section})
+        """From the ``model:`` section; :class:`~srsmlm.errors.ConfigKeyError` names a missing
+        key."""
+        return cls(**config_values(section, "model", cls.__dataclass_fields__))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

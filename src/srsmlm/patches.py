@@ -1,4 +1,4 @@
-"""Patch preparation: boxes per run, leave-one-out SF targets, frame selection, export.
+"""Patch preparation: boxes per run, leave-one-out targets, frame selection, export.
 
 Patches are ``geometry.height`` x ``geometry.width`` float32 images in the guide's units (raw
 counts / 2**16): the localization box centred on the run's candidate pixel, then the spectral
@@ -13,16 +13,16 @@ import contextlib
 import dataclasses
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from .errors import InputError, config_values
 from .fusion import (
     clean_target,
     leave_one_out_fusion,
@@ -41,35 +41,40 @@ if TYPE_CHECKING:  # the model targets' fit (Numba) is imported only when used
 log = logging.getLogger(__name__)
 
 
-#: the clean targets ``patches.target`` may name
-TARGETS = ("sf_fusion", "model")
+#: the clean targets ``patches.target`` may name, and what each is (recorded in model.json)
+TARGETS = {
+    "sf_fusion": "leave-one-out SF-weighted fusion of the run's other frames (the guide)",
+    "model": "noise-free image of the leave-one-out joint maximum-likelihood fit of the run's "
+    "other frames",
+}
 
 
 @dataclass(frozen=True)
 class PatchParams:
-    """The ``patches:`` config section (px unless stated)."""
+    """The ``patches:`` config section (px unless stated); every key required, the defaults
+    are the schema's (``workflow/schemas/config.schema.yaml``)."""
 
-    offset_jitter: tuple[int, int] = (-10, 20)
-    row_jitter: int = 1
-    box_shift: int = 0
-    amp_factor: float = 0.5
-    tophat_radius: int = 10
-    min_loc_max: float = 0.09
-    background_patches: int = 0
-    target_max: float | None = 1.0
-    chunk_size: int = 2048
-    target: str = "sf_fusion"
-    target_max_crlb_nm: float = 1.5
-    target_max_frames: int | None = None
-    spectral_position: tuple[float, float] | None = None
+    offset_jitter: tuple[int, int]
+    row_jitter: int
+    box_shift: int
+    amp_factor: float
+    tophat_radius: int
+    min_loc_max: float
+    background_patches: int
+    target_max: float | None
+    chunk_size: int
+    target: str
+    target_max_crlb_nm: float
+    target_max_frames: int | None
+    spectral_position: tuple[float, float] | None
 
     @classmethod
-    def from_config(cls, section: dict) -> PatchParams:
-        keys = cls.__dataclass_fields__
-        kw = {k: section[k] for k in keys if k in section}
-        if "offset_jitter" in kw:
-            kw["offset_jitter"] = tuple(int(v) for v in kw["offset_jitter"])
-        if kw.get("spectral_position") is not None:
+    def from_config(cls, section: Mapping[str, Any]) -> PatchParams:
+        """From the ``patches:`` section; :class:`~srsmlm.errors.ConfigKeyError` names a
+        missing key."""
+        kw = config_values(section, "patches", cls.__dataclass_fields__)
+        kw["offset_jitter"] = tuple(int(v) for v in kw["offset_jitter"])
+        if kw["spectral_position"] is not None:
             kw["spectral_position"] = tuple(float(v) for v in kw["spectral_position"])
         return cls(**kw)
 

@@ -28,7 +28,7 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ import pandas as pd
 import tifffile
 from scipy.special import erf
 
+from .errors import config_values
 from .geometry import Geometry
 from .io import atomic_path, write_csv
 from .seeds import acquisition_seed
@@ -46,53 +47,67 @@ log = logging.getLogger(__name__)
 _SQRT2 = np.sqrt(2.0)
 
 
+#: SimulationParams fields taken from the config's ``camera:`` section (the readout's camera is
+#: the simulator's), by their key there
+CAMERA_FIELDS = {
+    "camera_type": "type",
+    "gain": "gain_adu_per_photon",
+    "offset_adu": "offset_adu",
+    "read_noise_adu": "read_noise_adu",
+}
+
+
 @dataclass(frozen=True)
 class SimulationParams:
-    """Parameters of one simulated acquisition (units in the field names)."""
+    """Parameters of one simulated acquisition (units in the field names): the ``simulation:``
+    config section (less ``acquisitions`` and ``pixel_size_nm``), the ``camera:`` section
+    (:data:`CAMERA_FIELDS`), the geometry and the acquisition's mean photons. Every field
+    required; the defaults are the schema's."""
 
-    frames: int = 800
-    height: int = 128
-    width: int = 512
-    n_molecules: int = 300
-    mean_photons: float = 3000.0
-    photon_cv: float = 0.3
-    molecule_brightness_cv: float = 0.25
-    dyes_nm: tuple[float, ...] = (585.0, 610.0, 635.0)
-    dye_sd_nm: float = 18.0
-    dye_shift_sd_nm: float = 3.0
-    psf_sigma_px: float = 1.3
-    spectrum_fraction: float = 0.5
-    nm_per_px: float = 2.06
-    wavelength_at_offset_nm: float = 560.0
-    background_photons: float = 30.0
-    camera_type: str = "scmos"
-    gain: float = 2.0
-    offset_adu: float = 100.0
-    read_noise_adu: float = 1.6
-    runs_per_molecule: float = 2.5
-    mean_run_length: float = 14.0
-    detection_threshold_photons: float = 150.0
-    false_detection_fraction: float = 0.03
-    spot_region_x: tuple[float, float] = (12.0, 218.0)
-    margin_px: float = 10.0
-    geometry: Geometry = field(default_factory=lambda: Geometry(16, 16, 48, 230))
+    frames: int
+    height: int
+    width: int
+    n_molecules: int
+    mean_photons: float
+    photon_cv: float
+    molecule_brightness_cv: float
+    dyes_nm: tuple[float, ...]
+    dye_sd_nm: float
+    dye_shift_sd_nm: float
+    psf_sigma_px: float
+    spectrum_fraction: float
+    nm_per_px: float
+    wavelength_at_offset_nm: float
+    background_photons: float
+    camera_type: str
+    gain: float
+    offset_adu: float
+    read_noise_adu: float
+    runs_per_molecule: float
+    mean_run_length: float
+    detection_threshold_photons: float
+    false_detection_fraction: float
+    spot_region_x: tuple[float, float]
+    margin_px: float
+    geometry: Geometry
 
     @classmethod
-    def from_config(cls, sim: Mapping[str, Any], geometry: Geometry, mean_photons: float):
-        keys = {f for f in cls.__dataclass_fields__ if f not in ("geometry", "mean_photons")}
-        kwargs = {k: sim[k] for k in keys if k in sim}
-        camera = sim.get("camera") or {}
-        for ours, theirs in (
-            ("camera_type", "type"),
-            ("gain", "gain_adu_per_photon"),
-            ("offset_adu", "offset_adu"),
-            ("read_noise_adu", "read_noise_adu"),
-        ):
-            if theirs in camera:
-                kwargs[ours] = camera[theirs]
+    def from_config(
+        cls, sim: Mapping[str, Any], geometry: Geometry, mean_photons: float
+    ) -> SimulationParams:
+        """From the ``simulation:`` section with the ``camera:`` section under ``sim["camera"]``
+        (as the simulate rule passes them); :class:`~srsmlm.errors.ConfigKeyError` names a
+        missing key."""
+        own = [
+            f
+            for f in cls.__dataclass_fields__
+            if f not in ("geometry", "mean_photons") and f not in CAMERA_FIELDS
+        ]
+        kwargs = config_values(sim, "simulation", own)
+        camera = config_values(sim.get("camera") or {}, "camera", CAMERA_FIELDS.values())
+        kwargs.update({ours: camera[theirs] for ours, theirs in CAMERA_FIELDS.items()})
         for k in ("dyes_nm", "spot_region_x"):
-            if k in kwargs:
-                kwargs[k] = tuple(float(v) for v in kwargs[k])
+            kwargs[k] = tuple(float(v) for v in kwargs[k])
         return cls(geometry=geometry, mean_photons=float(mean_photons), **kwargs)
 
 

@@ -21,7 +21,13 @@ import pandas as pd
 import tifffile
 
 from .calibration import Calibration, calibration_from_config
-from .dyes import PRECISION_COLUMNS, classify_localizations, precision_by_signal
+from .dyes import (
+    PRECISION_COLUMNS,
+    TRUSTED_MLE,
+    classify_localizations,
+    precision_by_signal,
+    trusted_mle,
+)
 from .errors import InputError
 from .geometry import Geometry
 from .io import atomic_path, chunk_slices, spool_dir, write_csv
@@ -43,7 +49,8 @@ RUN_COLUMNS = (
     "x",
     "y",
     "signal",
-    *PRECISION_COLUMNS.values(),
+    *(c for c in PRECISION_COLUMNS.values() if c != TRUSTED_MLE),
+    "sc_mle_nm",
     "sc_mle_crlb_nm",
     "sc_mle_width_nm",
     "spectral_photons",
@@ -284,7 +291,9 @@ def spectra_stage(
         mols = molecules(
             runs, stack_path, geometry, st.cal, st.camera, st.cfg, st.chunk_size, n_dyes, seed
         )
-        precision = precision_by_signal(runs, PRECISION_COLUMNS, int(section["signal_bins"]))
+        precision = precision_by_signal(
+            trusted_mle(runs), PRECISION_COLUMNS, int(section["signal_bins"])
+        )
         write_spectra(files, dye, spectra_csv)
     finally:
         shutil.rmtree(spool, ignore_errors=True)

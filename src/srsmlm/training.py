@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .dataset import group_split
-from .errors import InputError
+from .errors import InputError, config_values
 from .geometry import Geometry
 from .io import atomic_path, write_json
 from .model import ModelConfig, build_unet, check_geometry
@@ -48,26 +48,27 @@ LIVE_HISTORY = "history.csv"  # rows of the epochs run so far, in the checkpoint
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """The ``training:`` config section."""
+    """The ``training:`` config section; every key required, the defaults are the schema's."""
 
-    epochs: int = 8
-    batch_size: int = 80
-    validation_fraction: float = 0.1
-    learning_rate: float = 1e-3
-    patience: int = 4
-    lr_factor: float = 0.2
-    min_lr: float = 1e-4
-    jit_compile: bool = True
-    deterministic_ops: bool = False
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    clipnorm: float | None = 1.0
-    flip_rows: bool = False
+    epochs: int
+    batch_size: int
+    validation_fraction: float
+    learning_rate: float
+    patience: int
+    lr_factor: float
+    min_lr: float
+    jit_compile: bool
+    deterministic_ops: bool
+    schedule: str
+    warmup_epochs: float
+    clipnorm: float | None
+    flip_rows: bool
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> TrainingConfig:
-        """The known keys of the config section; missing keys keep their defaults."""
-        return cls(**{k: section[k] for k in cls.__dataclass_fields__ if k in section})
+        """From the ``training:`` section; :class:`~srsmlm.errors.ConfigKeyError` names a
+        missing key."""
+        return cls(**config_values(section, "training", cls.__dataclass_fields__))
 
 
 def select_device(threads: int | None = None) -> str:

@@ -4,6 +4,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from srsmlm.errors import InputError
+from srsmlm.patches import TARGETS
 from srsmlm.sheet import load_sheet, names_with_role
 from srsmlm.stack import NORMALISATION
 from srsmlm.targets import SPECTRA_KEYS as TARGET_SPECTRA_KEYS
@@ -88,11 +89,14 @@ def simulation_params(wildcards):
 
 
 def normalisation():
-    """How patches are scaled, recorded beside the model weights."""
+    """How patches are scaled and what the targets are (patches.target), recorded beside the
+    model weights."""
+    target = config["patches"]["target"]
     return {
         "input": "raw camera counts / 2**16 (no offset subtraction)",
         "input_divisor": NORMALISATION,
-        "target": "leave-one-out SF fusion; parts / max (spectral / (amp_factor x max)); white top-hat",
+        "target": target,
+        "target_description": f"{TARGETS[target]}; parts / max (spectral / (amp_factor x max)); white top-hat",
         "amp_factor": config["patches"]["amp_factor"],
         "tophat_radius": config["patches"]["tophat_radius"],
         "target_max": config["patches"]["target_max"],
