@@ -121,3 +121,28 @@ def test_error_by_quantiles_ranks_errors_by_a_trust_value():
     )
     assert out[0]["from"] == 0.0 and out[1]["to"] == 8.0
     assert error_by_quantiles(err[:1], value[:1], 2) == []
+
+
+def test_mle_quality_by_group_size():
+    """Trusted share, efficiency and coverage of the readout for lone localizations and for
+    those fitted jointly with neighbours."""
+    from srsmlm.evaluation import mle_quality
+
+    matched = pd.DataFrame(
+        {
+            "sc_true_nm": 600.0,
+            "sc_mle_nm": 600.0 + np.array([1.0, -1.0, 0.5, 3.0, 0.0, 10.0]),
+            "sc_mle_crlb_nm": 1.0,
+            "sc_mle_flag": ["", "", "", "", "crowded", ""],
+            "group_size": [1, 1, 2, 2, 5, 4],
+        }
+    )
+    q = mle_quality(matched, matched, np.zeros(6, int), pd.IntervalIndex.from_breaks([0, 1]))
+    by = {row["group_size"]: row for row in q["by_group_size"]}
+    assert by["1"]["n"] == 2 and by["1"]["trusted_fraction"] == 1.0
+    assert by["1"]["efficiency"] == pytest.approx(1.0) and by["1"]["coverage_2x"] == 1.0
+    assert by["2"]["coverage_2x"] == 0.5
+    assert by["2"]["efficiency"] == pytest.approx(1.0 / np.sqrt((0.25 + 9.0) / 2))
+    assert by[">=4"]["n"] == 2 and by[">=4"]["trusted_fraction"] == 0.5
+    assert by["3"]["n"] == 0 and by["3"]["efficiency"] is None
+    assert q["trusted_fraction"] == pytest.approx(5 / 6)

@@ -258,6 +258,7 @@ def test_molecule_table_inverse_variance_mean_and_consistency():
             "sc_mle_nm": [600.0, 604.0, 650.0, 610.0, 620.0],
             "sc_mle_crlb_nm": [1.0, 2.0, 1.0, 1.5, 1.0],
             "sc_mle_flag": ["", "dim", "bad_fit", "", ""],
+            "group_size": 1,
         }
     )
     out = molecule_table(spectra, None, Geometry(16, 16, 48, 230), cal, cfg).set_index("cluster")
@@ -287,7 +288,44 @@ def test_molecule_table_without_runs_is_empty_not_an_error():
             "sc_mle_nm": [600.0, 610.0],
             "sc_mle_crlb_nm": [1.0, 1.0],
             "sc_mle_flag": ["", ""],
+            "group_size": 1,
         }
     )
     out = molecule_table(spectra, None, Geometry(16, 16, 48, 230), cal, cfg)
     assert len(out) == 0 and {"sc_nm", "consistency_p", "n_used"} <= set(out.columns)
+
+
+def test_frames_fitted_with_a_neighbour_join_the_molecule_by_inverse_variance():
+    """A run's joint estimate combines its multi-frame fit (lone frames) with the frames fitted
+    jointly with a neighbour (their own box holds another spectrum); a run with no lone frame
+    gets those frames' mean."""
+    import pandas as pd
+
+    from srsmlm.geometry import Geometry
+
+    cfg, cal = _molecule_cfg()
+    spectra = pd.DataFrame(
+        {
+            "cluster": [0, 0, 0, 1, 1],
+            "frame": [1, 2, 3, 7, 8],
+            "x": [10.0, 10.0, 10.0, 50.0, 50.0],
+            "y": [5.0, 5.0, 5.0, 6.0, 6.0],
+            "sc_mle_nm": [600.0, 602.0, 606.0, 610.0, 614.0],
+            "sc_mle_crlb_nm": [1.0, 1.0, 2.0, 1.0, 1.0],
+            "sc_mle_flag": ["", "", "", "", "dim"],
+            "group_size": [1, 1, 2, 3, 2],
+        }
+    )
+    joint = pd.DataFrame(
+        {"centre_px": [10.0], "var_px2": [0.25], "p_fit": [0.5], "converged": [True]},
+        index=pd.Index([0], name="cluster"),
+    )
+    g = Geometry(16, 16, 48, 230)
+    out = molecule_table(spectra, joint, g, cal, cfg).set_index("cluster")
+    lone = cal.wavelength(np.array([0.0]), 230)[0]  # the multi-frame fit's centre, 0 px from x
+    w_lone = 1.0 / (0.5 * cfg.nm_per_px) ** 2
+    expected = (w_lone * lone + 606.0 / 4.0) / (w_lone + 0.25)
+    assert out.loc[0, "sc_joint_nm"] == pytest.approx(expected)
+    assert out.loc[0, "sc_joint_err_nm"] == pytest.approx(1 / np.sqrt(w_lone + 0.25))
+    assert out.loc[1, "sc_joint_nm"] == pytest.approx(612.0)  # no lone frame: the two frames
+    assert out.loc[1, "sc_joint_err_nm"] == pytest.approx(1 / np.sqrt(2.0))

@@ -35,10 +35,15 @@ PAIRED = {"denoised_gaussian_fit": "raw_gaussian_fit"}
 #: the spectra.csv columns the evaluation reads (the others are not read: bounded memory)
 SPECTRA_COLUMNS = frozenset(
     {"frame", "x", "y", "signal", "cluster", "sc_mle_flag", "sc_mle_crlb_nm"}
-    | {"fit_denoised_spread_nm"}
+    | {"fit_denoised_spread_nm", "group_size"}
     | set(ESTIMATORS.values())
     | {"dye"}
 )
+
+#: group sizes the maximum-likelihood readout is scored by (label, smallest, largest): alone,
+#: fitted with one or two neighbours, and in larger groups (fitted jointly up to
+#: ``spectra.max_group_size``, flagged ``crowded`` above)
+GROUP_SIZES = (("1", 1, 1), ("2", 2, 2), ("3", 3, 3), (">=4", 4, np.inf))
 
 #: the truth.csv columns the evaluation reads
 TRUTH_COLUMNS = frozenset({"frame", "loc_x", "loc_y", "detected", "sc_true_nm", "dye"})
@@ -175,6 +180,21 @@ def mle_quality(
             }
         )
     bound, observed, n = eff(np.ones(len(matched), dtype=bool))
+    by_group = []
+    size = matched["group_size"].to_numpy() if "group_size" in matched else np.ones(len(matched))
+    for label, lo, hi in GROUP_SIZES:
+        in_group = (size >= lo) & (size <= hi)
+        g_bound, g_observed, g_n = eff(in_group)
+        m = ok & in_group
+        by_group.append(
+            {
+                "group_size": label,
+                "n": int(in_group.sum()),
+                "trusted_fraction": float(trusted[in_group].mean()) if in_group.any() else None,
+                "efficiency": g_bound / g_observed if g_n else None,
+                "coverage_2x": float(np.mean(np.abs(err[m]) <= 2 * crlb[m])) if g_n else None,
+            }
+        )
     return {
         "flagged_fraction": fractions,
         "coverage_1x": float(np.mean(np.abs(err[ok]) <= crlb[ok])) if n else float("nan"),
@@ -183,6 +203,8 @@ def mle_quality(
         "crlb_rmse_nm": bound,
         "observed_rmse_nm": observed,
         "by_signal_bin": by_bin,
+        "trusted_fraction": float(trusted.mean()) if len(trusted) else float("nan"),
+        "by_group_size": by_group,
     }
 
 

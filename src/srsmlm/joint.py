@@ -165,31 +165,44 @@ def _fit_region(x, theta, c, lo, hi, sy, gamma, ef, fix_s, max_iter, tol):  # pr
 
 
 @numba.njit(cache=True, nogil=True)
-def _centre_variances(info, fix_s, p, var):  # pragma: no cover - compiled
-    """``[I^-1]_{l_k,l_k}`` of every emitter (inf where the information is singular)."""
+def _centre_variances(info, fix_s, p, var, rho):  # pragma: no cover - compiled
+    """``[I^-1]_{l_k,l_k}`` of every emitter (inf where the information is singular) and the
+    largest correlation of its centre with another emitter's parameters (``rho``: near 1 where
+    the two spectra cannot be told apart)."""
+    n_em = (p - 1) // 4
+    inv = np.empty((p, p))
     lhs, rhs, sol = np.empty((p, p)), np.empty(p), np.empty(p)
-    for k in range((p - 1) // 4):
+    ok = True
+    for col in range(p):
         for a in range(p):
             for e in range(p):
                 lhs[a, e] = info[a, e]
-            rhs[a] = 0.0
+            rhs[a] = 1.0 if a == col else 0.0
         if fix_s:
-            for q in range((p - 1) // 4):
+            for q in range(n_em):
                 a = 3 + 4 * q
                 for e in range(p):
                     lhs[a, e] = 0.0
                     lhs[e, a] = 0.0
                 lhs[a, a] = 1.0
-        rhs[2 + 4 * k] = 1.0
-        ok = _solve(lhs, rhs, sol)
-        v = sol[2 + 4 * k]
+        ok = ok and _solve(lhs, rhs, sol)
+        for a in range(p):
+            inv[a, col] = sol[a]
+    for k in range(n_em):
+        a = 2 + 4 * k
+        v = inv[a, a]
         var[k] = v if ok and v > 0 and np.isfinite(v) else np.inf
+        rho[k] = 1.0 if not np.isfinite(var[k]) else 0.0
+        for q in range(1, p):
+            if (q - 1) // 4 == k or not inv[q, q] > 0:
+                continue
+            rho[k] = max(rho[k], abs(inv[a, q]) / math.sqrt(v * inv[q, q]))
 
 
 @numba.njit(cache=True, nogil=True)
 def _fit_regions(
     g0, g1, data, regions, starts, theta, cols, lo, hi, sy, gamma, ef, fix_s, max_iter, tol,
-    ll, iters, conv, dev, var,
+    ll, iters, conv, dev, var, rho,
 ):  # pragma: no cover - compiled  # fmt: skip
     """Fit groups g0..g1-1 (one thread's share; released GIL): each group's region of its
     padded box, its parameters ``theta[g]`` in place, then the bounds and the deviance."""
@@ -207,7 +220,7 @@ def _fit_regions(
         pix = np.empty((n_em, 6, max(h, w)))
         grad, info, d = np.empty(p), np.empty((p, p)), np.empty(p)
         _joint_terms(x, th, c, sy, gamma, ef, True, grad, info, pix, d)
-        _centre_variances(info, fix_s, p, var[a:b])
+        _centre_variances(info, fix_s, p, var[a:b], rho[a:b])
         dev[g] = _joint_deviance(x, th, c, sy, gamma, ef, pix)
 
 
@@ -218,6 +231,7 @@ def fit_groups(
     cols: np.ndarray,
     start: np.ndarray,
     y_band: float,
+    l_bounds: tuple[float, float],
     settings: FitSettings,
     camera: Camera,
 ) -> dict[str, np.ndarray]:
@@ -227,9 +241,11 @@ def fit_groups(
     (row0, col0, height, width) inside it; ``starts`` (G + 1,): each group's first emitter;
     ``cols`` (E,): each emitter's own box column in its group's region (``c_k``); ``start``
     (E, 5): (N, l, s, y, b) per emitter, ``y`` in region rows, ``b`` averaged per group.
-    ``y`` is bounded to ``start y +- y_band``. Returns per group ``loglik``, ``deviance``,
+    ``y`` is bounded to ``start y +- y_band``, ``l`` to ``l_bounds`` (px of the emitter's own
+    box: a spectrum is looked for where its own readout would see it). Returns per group ``loglik``, ``deviance``,
     ``dof``, ``p_fit``, ``iterations``, ``converged``, ``b``; per emitter ``N``, ``l0``, ``s``,
-    ``y0``, ``var_l0`` (CRLB, px^2).
+    ``y0``, ``var_l0`` (CRLB, px^2) and ``rho``, the largest correlation of the centre with
+    another emitter's parameters.
     """
     data = np.maximum(np.ascontiguousarray(data, dtype=np.float64), -camera.gamma)
     regions = np.ascontiguousarray(regions, dtype=np.int64)
@@ -237,20 +253,21 @@ def fit_groups(
     cols = np.ascontiguousarray(cols, dtype=np.float64)
     sizes = np.diff(starts)
     n_groups, width = len(sizes), int(np.max(sizes, initial=1))
-    theta, lo, hi = _packed_start(start, starts, sizes, width, y_band, settings, regions)
+    theta, lo, hi = _packed_start(start, starts, sizes, width, y_band, l_bounds, settings)
     ll, dev = np.empty(n_groups), np.empty(n_groups)
     iters, conv = np.zeros(n_groups, np.int64), np.zeros(n_groups, np.bool_)
-    var = np.empty(len(cols))
+    var, rho = np.empty(len(cols)), np.empty(len(cols))
     fix_s = settings.fixed_s is not None
     _in_threads(
         _fit_regions, starts, settings.threads, data, regions, starts, theta, cols, lo, hi,
         settings.sigma_y, camera.gamma, camera.excess_factor, fix_s, settings.max_iterations,
-        settings.tolerance, ll, iters, conv, dev, var,
+        settings.tolerance, ll, iters, conv, dev, var, rho,
     )  # fmt: skip
     emitters = _unpack(theta, starts, sizes)
     dof = regions[:, 2] * regions[:, 3] - (1 + sizes * (3 if fix_s else 4))
     return emitters | {
         "var_l0": var,
+        "rho": rho,
         "loglik": ll,
         "deviance": dev,
         "dof": dof,
@@ -267,8 +284,8 @@ def _packed_start(
     sizes: np.ndarray,
     width: int,
     y_band: float,
+    l_bounds: tuple[float, float],
     settings: FitSettings,
-    regions: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-group parameter vectors (G, 1 + 4 max K) from per-emitter starts, and their bounds."""
     start = np.asarray(start, dtype=np.float64)
@@ -282,10 +299,9 @@ def _packed_start(
     lo[:, 0] = 1e-6
     s_lo, s_hi = settings.s_bounds
     s = np.full(len(start), settings.fixed_s) if settings.fixed_s is not None else start[:, 2]
-    w = regions[group, 3].astype(np.float64)
     bounds = {
         0: (start[:, 0], 1e-3, np.inf),
-        1: (start[:, 1], -0.5 * w, 1.5 * w),
+        1: (start[:, 1], l_bounds[0], l_bounds[1]),
         2: (s, s_lo, s_hi),
         3: (start[:, 3], start[:, 3] - y_band, start[:, 3] + y_band),
     }

@@ -28,9 +28,10 @@ def usable_for_molecule(spectra: pd.DataFrame) -> pd.Series:
 
 
 def molecule_groups(spectra: pd.DataFrame) -> pd.DataFrame:
-    """The localizations of runs usable for the molecule's estimate, sorted by run and frame,
-    with the run's first box column as the reference of its joint fit."""
-    trusted = spectra[usable_for_molecule(spectra)]
+    """The localizations of runs usable for the molecule's estimate and alone in their frame's
+    readout (``group_size`` 1: their own box holds no other spectrum), sorted by run and frame,
+    with the run's first box column as the reference of their joint fit."""
+    trusted = spectra[usable_for_molecule(spectra) & (spectra["group_size"] == 1)]
     trusted = trusted.sort_values(["cluster", "frame"], kind="stable")
     ref = trusted.groupby("cluster")["mle_box_col0"].transform("first")
     return trusted.assign(mle_offset=trusted["mle_box_col0"] - ref, mle_ref_col0=ref)
@@ -95,6 +96,23 @@ def joint_fits(
     )
 
 
+def _add_grouped_frames(out: pd.DataFrame, grouped: pd.DataFrame) -> None:
+    """Fold the usable frames fitted jointly with a neighbour (their own box holds another
+    spectrum, so they stay out of the run's multi-frame fit) into ``sc_joint_nm`` and its error,
+    by inverse variance; a run with no lone usable frame gets their mean alone."""
+    w = 1.0 / grouped["sc_mle_crlb_nm"] ** 2
+    parts = grouped.assign(w=w, wsc=w * grouped["sc_mle_nm"]).groupby("cluster")
+    w_g = parts["w"].sum().reindex(out.index).fillna(0.0)
+    s_g = parts["wsc"].sum().reindex(out.index).fillna(0.0)
+    has_joint = out["sc_joint_nm"].notna()
+    w_j = np.where(has_joint, 1.0 / out["sc_joint_err_nm"] ** 2, 0.0)
+    s_j = np.where(has_joint, w_j * out["sc_joint_nm"], 0.0)
+    total = w_j + w_g
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["sc_joint_nm"] = np.where(total > 0, (s_j + s_g) / total, np.nan)
+        out["sc_joint_err_nm"] = np.where(total > 0, 1.0 / np.sqrt(total), np.nan)
+
+
 def molecule_table(
     spectra: pd.DataFrame,
     joint: pd.DataFrame | None,
@@ -135,6 +153,7 @@ def molecule_table(
         d = j["centre_px"] - out.loc[j.index, "x_trusted"]
         out.loc[j.index, "sc_joint_nm"] = cal.wavelength(d.to_numpy(), g.spectral_offset)
         out.loc[j.index, "sc_joint_err_nm"] = np.sqrt(j["var_px2"].to_numpy()) * cfg.nm_per_px
+    _add_grouped_frames(out, trusted[trusted["group_size"] > 1])
     key = "joint" if cfg.molecule_estimate == "joint" else "mean"
     out["sc_nm"] = out[f"sc_{key}_nm"]
     out["sc_err_nm"] = out[f"sc_{key}_err_nm"]

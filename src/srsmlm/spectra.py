@@ -32,9 +32,16 @@ from .errors import InputError
 from .geometry import Geometry
 from .io import atomic_path, chunk_slices, spool_dir, write_csv
 from .mle import Camera
-from .molecules import molecules
+from .molecules import molecules, run_blocks
 from .profiles import DENOISED_FIT_COLUMNS, patch_readouts
-from .readout import MLE_COLUMNS, ReadoutConfig, crowded, mle_readout
+from .readout import (
+    MLE_COLUMNS,
+    JointConfig,
+    ReadoutConfig,
+    joint_readout,
+    mle_readout,
+    overlap_groups,
+)
 from .stack import NORMALISATION, Stack
 
 log = logging.getLogger(__name__)
@@ -59,6 +66,7 @@ RUN_COLUMNS = (
     "mle_centre_px",
     "mle_box_row0",
     "mle_box_col0",
+    "group_size",
 )
 
 
@@ -87,6 +95,7 @@ class StageSettings:
     cal: Calibration
     camera: Camera
     cfg: ReadoutConfig
+    joint: JointConfig
     n_rows: int
     chunk_size: int
     max_residual: float = math.inf
@@ -130,12 +139,15 @@ def spectra_chunk(
     stack: Stack,
     st: StageSettings,
     pool: Executor,
+    joint: pd.DataFrame,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The spectra.csv columns (all but the dye classes) of the rows ``sl`` of ``table``, and
     the extra maximum-likelihood columns the molecules need (box and centre). The
-    maximum-likelihood readout (Numba, no GIL) runs in ``pool`` beside the patch readouts."""
+    maximum-likelihood readout (Numba, no GIL) runs in ``pool`` beside the patch readouts;
+    rows in ``joint`` (:func:`joint_pass`) take their joint fits from there."""
     part = table.iloc[sl]
-    fit = pool.submit(mle_readout, stack, part, st.geometry, st.cal, st.camera, st.cfg)
+    alone = part[~part.index.isin(joint.index)]
+    fit = pool.submit(mle_readout, stack, alone, st.geometry, st.cal, st.camera, st.cfg)
     out = part[["localization_index", "frame", "x", "y", "signal", "cluster"]].copy()
     readouts = patch_readouts(
         table, sl, paths, st.geometry, st.cal, st.n_rows, st.max_residual, pool
@@ -143,8 +155,9 @@ def spectra_chunk(
     for name, values in readouts.items():
         out[name] = values
     out["photons_proxy_adu"] = out["sum_raw"] * NORMALISATION
-    mle = fit.result()
+    mle = pd.concat([fit.result(), joint[joint.index.isin(part.index)]]).loc[part.index]
     out = out.join(mle[list(MLE_COLUMNS)])
+    out["group_size"] = part["group_size"].to_numpy()
     return out, mle[["mle_centre_px", "mle_box_row0", "mle_box_col0"]]
 
 
@@ -200,13 +213,49 @@ def readout_pass(
     kept = _Kept.empty(len(table), st.max_residual)
     files = []
     with Stack(stack_path) as stack, ThreadPoolExecutor(len(paths) + 1) as pool:
+        joint = joint_pass(table, stack, st)
         for k, sl in enumerate(chunk_slices(len(table), st.chunk_size)):
-            out, extra = spectra_chunk(table, sl, paths, stack, st, pool)
+            out, extra = spectra_chunk(table, sl, paths, stack, st, pool, joint)
             kept.add(sl, out, extra, spool / f"runs_{k:06d}.pkl")
             files.append(spool / f"chunk_{k:06d}.pkl")
             out.to_pickle(files[-1])
             log.info("read out %d / %d localizations", sl.stop, len(table))
     return files, kept
+
+
+def joint_pass(table: pd.DataFrame, stack: Stack, st: StageSettings) -> pd.DataFrame:
+    """The maximum-likelihood readout of every localization in a group of 2 to
+    ``spectra.max_group_size`` (:func:`srsmlm.readout.joint_readout`), whole groups of about
+    ``chunk_size`` localizations at a time; indexed like ``table``. Logs the counts."""
+    size = table["group_size"].to_numpy()
+    cap = st.joint.max_group_size
+    rows = table[(size >= 2) & (size <= cap)].sort_values("group", kind="stable")
+    labels = rows["group"].to_numpy()
+    bounds = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1], True]) if len(rows) else [0]
+    parts = [
+        joint_readout(
+            stack,
+            rows.iloc[bounds[a] : bounds[b]],
+            st.geometry,
+            st.cal,
+            st.camera,
+            st.cfg,
+            st.joint.min_row_separation_px,
+        )
+        for a, b in run_blocks(bounds, st.chunk_size)
+    ]
+    out = pd.concat(parts) if parts else pd.DataFrame(columns=[*MLE_COLUMNS, "group_size"])
+    over = int((size > cap).sum())
+    log.info(
+        "%d localizations in %d groups of overlapping spectra fitted jointly (%d of them not: "
+        "the joint fit failed); %d in groups above spectra.max_group_size = %d (flagged crowded)",
+        len(rows),
+        len(bounds) - 1,
+        int((out["sc_mle_flag"] == "crowded").sum()),
+        over,
+        cap,
+    )
+    return out
 
 
 def write_spectra(files: list[Path], dye: tuple[np.ndarray, np.ndarray], path: str | Path) -> None:
@@ -235,6 +284,7 @@ def stage_settings(
         cal=cal,
         camera=Camera.from_config(camera),
         cfg=ReadoutConfig.from_config(section, cal, threads=int(threads)),
+        joint=JointConfig.from_config(section),
         n_rows=int(section["profile_rows"]),
         chunk_size=int(section["chunk_size"]),
         max_residual=math.inf if max_residual is None else float(max_residual),
@@ -273,13 +323,9 @@ def spectra_stage(
             "filter.x_range to the spots' side of the camera",
         )
     st = stage_settings(section, camera, geometry, threads)
-    table["crowded"] = crowded(
-        table["frame"].to_numpy(),
-        table["x"].to_numpy(),
-        table["y"].to_numpy(),
-        st.cfg.crowding_rows_px,
-        geometry.spectral_width + 2 * st.cfg.margin_px,
-    )
+    table["group"] = overlap_groups(table, geometry, st.cfg, st.joint)
+    table["group_size"] = np.bincount(table["group"])[table["group"]]
+    table["crowded"] = table["group_size"] > st.joint.max_group_size
     n, n_dyes = len(table), section.get("n_dyes")
     spool = spool_dir(spectra_csv)
     try:
