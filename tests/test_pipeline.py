@@ -72,6 +72,8 @@ def test_pipeline_outputs(tiny_run):
     assert {"raw_mle", "raw_mle_trusted", "molecule"} <= set(metrics["sc_error"])
     assert 0 < metrics["mle"]["coverage_2x"] <= 1
     assert set(metrics["dye_accuracy"]) == {"localization", "molecule"}
+    sizes = [row["group_size"] for row in metrics["mle"]["by_group_size"]]
+    assert sizes == ["1", "2", "3", ">=4"] and (spectra["group_size"] >= 1).all()
     assert not (wd / "results/tiny_b/spectra.csv").exists()  # role train only
 
 
@@ -174,6 +176,13 @@ def _planned_jobs(workdir) -> dict[str, int]:
             "sf_fusion",
             {"extract_patches", "build_dataset", "train_unet", "spectra", "plot_report"},
             {"simulate", "filter_localizations", "cluster_localizations"},
+        ),
+        (  # the joint fit of overlapping spectra is the spectra stage's alone
+            "spectra",
+            "max_group_size",
+            2,
+            {"spectra", "evaluate", "plot_report"},
+            {"extract_patches", "train_unet", "denoise_acquisition"},
         ),
         (  # the model targets use the readout's fit settings
             "spectra",
