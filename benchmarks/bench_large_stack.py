@@ -39,7 +39,8 @@ elif stage == "cluster":
     cluster_stage(work / "localizations.csv", 0.001, 3, 9, work / "clusters.csv")
 else:
     from srsmlm.geometry import Geometry
-    from srsmlm.patches import PatchParams, prepare_patches
+    from srsmlm.plan import PatchParams
+    from srsmlm.patches import prepare_patches
     prepare_patches(work / "clusters.csv", work / "localizations.csv", work / "stack.ome.tif",
                     Geometry(16, 16, 48, 230), PatchParams.from_config(patches), 1, "large", 9,
                     work / "patches/raw.tif", work / "patches/clean.tif", work / "patches/patches.csv",

@@ -39,7 +39,8 @@ if kind == "read":
             total += int(page.asarray()[0, 0])
 elif kind == "srsmlm":
     from srsmlm.geometry import Geometry
-    from srsmlm.patches import PatchParams, prepare_patches
+    from srsmlm.plan import PatchParams
+    from srsmlm.patches import prepare_patches
     t_import = time.perf_counter() - t
     prepare_patches(work / "clusters.csv", work / "localizations.csv", work / "stack.ome.tif",
                     Geometry(16, 16, 48, 230), PatchParams.from_config(patches), 1, "bench", 9,

@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 from harness import default_config, section
 
+from srsmlm.boxes import place_boxes
 from srsmlm.evaluation import match_truth
 from srsmlm.geometry import Geometry
 from srsmlm.localizations import filter_localizations, read_localizations
-from srsmlm.patches import place_boxes
 from srsmlm.readout import mle_readout, overlap_groups
 from srsmlm.simulate import SimulationParams, simulate_acquisition
 from srsmlm.spectra import joint_pass, stage_settings

@@ -2,7 +2,8 @@
 
 from srsmlm.geometry import Geometry
 from srsmlm.logs import run_step
-from srsmlm.patches import PatchParams, prepare_patches
+from srsmlm.patches import prepare_patches
+from srsmlm.plan import PatchParams
 
 geometry = Geometry.from_config(snakemake.params.geometry)
 target_model = None

@@ -183,7 +183,7 @@ def test_simulation_needs_the_camera_section():
 
 def test_every_patch_target_is_described_for_model_json():
     """model.json records patches.target with its description (workflow/rules/common.smk)."""
-    from srsmlm.patches import TARGETS
+    from srsmlm.plan import TARGETS
 
     schema = yaml.safe_load(Path(SCHEMA).read_text())
     assert set(TARGETS) == set(schema["properties"]["patches"]["properties"]["target"]["enum"])

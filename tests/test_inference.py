@@ -132,8 +132,8 @@ def test_denoise_with_shifts_fits_every_shifted_prediction(tiny_model, tmp_path)
     """Cycle spinning: denoised.tif still holds the unshifted predictions (the same as without
     shifts); the table's denoised fit averages one prediction per shift that fits the frame,
     each equal to the prediction of the patch cut at the moved box."""
+    from srsmlm.boxes import extract_patches, place_boxes
     from srsmlm.model import load_model
-    from srsmlm.patches import extract_patches, place_boxes
     from srsmlm.profiles import shift_fits
     from srsmlm.stack import Stack
 

@@ -7,18 +7,16 @@ import pandas as pd
 import pytest
 import tifffile
 
+from srsmlm.boxes import extract_patches, extract_shifted_patches, place_boxes
 from srsmlm.clustering import cluster_stage
 from srsmlm.errors import InputError
 from srsmlm.geometry import Geometry
 from srsmlm.localizations import filter_stage
-from srsmlm.patches import (
+from srsmlm.patches import prepare_patches
+from srsmlm.plan import (
     PatchParams,
     background_boxes,
     check_spectral_position,
-    extract_patches,
-    extract_shifted_patches,
-    place_boxes,
-    prepare_patches,
     row_jitter,
     run_jitter,
 )

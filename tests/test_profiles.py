@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 import srsmlm.profiles as profiles
+from srsmlm.boxes import place_boxes
 from srsmlm.calibration import Calibration
 from srsmlm.geometry import Geometry
-from srsmlm.patches import place_boxes
 from srsmlm.profiles import (
     _outer_median,
     centroid,

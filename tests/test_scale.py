@@ -56,8 +56,8 @@ def write_patch_inputs(d: Path, acq: Path, n: int, tile: int = 4096) -> None:
     first ``tile`` real patches repeated) and denoised.tif (a hard link), and the config."""
     import tifffile
 
+    from srsmlm.boxes import extract_patches, place_boxes
     from srsmlm.geometry import Geometry
-    from srsmlm.patches import extract_patches, place_boxes
     from srsmlm.profiles import shift_fits
     from srsmlm.stack import Stack
 

@@ -7,12 +7,14 @@ import pandas as pd
 import pytest
 import tifffile
 
+from srsmlm.boxes import at_positions, place_boxes
 from srsmlm.clustering import cluster_stage
 from srsmlm.fusion import clean_target
 from srsmlm.geometry import Geometry
 from srsmlm.localizations import filter_stage
 from srsmlm.mle import box_model
-from srsmlm.patches import PatchParams, at_positions, place_boxes, prepare_patches
+from srsmlm.patches import prepare_patches
+from srsmlm.plan import PatchParams
 from srsmlm.stack import Stack
 from srsmlm.targets import (
     SPECTRA_KEYS,
@@ -354,16 +356,18 @@ def test_spectral_position_cuts_each_frame_where_its_spectrum_lands(tmp_path):
 def test_spectral_position_reads_each_patch_once(tmp_path, monkeypatch):
     """The raw patches are cut where the leave-one-out fits put the boxes, not also at the
     planned boxes first (one read of the stack per patch)."""
-    import srsmlm.patches as patches
+    import srsmlm.boxes
+    import srsmlm.patches
 
     cut = []
-    original = patches.extract_patches
+    original = srsmlm.boxes.extract_patches
 
     def counting(stack, boxes, g):
         cut.append(len(boxes.frame))
         return original(stack, boxes, g)
 
-    monkeypatch.setattr(patches, "extract_patches", counting)
+    for module in (srsmlm.boxes, srsmlm.patches):  # where the boxes are cut, and the stage
+        monkeypatch.setattr(module, "extract_patches", counting)
     path, runs, _ = noise_free_run(tmp_path, n_frames=20, x=40.3, distance=254.1, width=5.0)
     p = patch_params(**{**NOJIT, "spectral_position": (6.0, 42.0)})
     counts = model_patches(path, runs, p, tmp_path, tmp_path / "out")

@@ -180,21 +180,7 @@ def mle_quality(
             }
         )
     bound, observed, n = eff(np.ones(len(matched), dtype=bool))
-    by_group = []
     size = matched["group_size"].to_numpy() if "group_size" in matched else np.ones(len(matched))
-    for label, lo, hi in GROUP_SIZES:
-        in_group = (size >= lo) & (size <= hi)
-        g_bound, g_observed, g_n = eff(in_group)
-        m = ok & in_group
-        by_group.append(
-            {
-                "group_size": label,
-                "n": int(in_group.sum()),
-                "trusted_fraction": float(trusted[in_group].mean()) if in_group.any() else None,
-                "efficiency": g_bound / g_observed if g_n else None,
-                "coverage_2x": float(np.mean(np.abs(err[m]) <= 2 * crlb[m])) if g_n else None,
-            }
-        )
     return {
         "flagged_fraction": fractions,
         "coverage_1x": float(np.mean(np.abs(err[ok]) <= crlb[ok])) if n else float("nan"),
@@ -204,8 +190,31 @@ def mle_quality(
         "observed_rmse_nm": observed,
         "by_signal_bin": by_bin,
         "trusted_fraction": float(trusted.mean()) if len(trusted) else float("nan"),
-        "by_group_size": by_group,
+        "by_group_size": _by_group_size(size, trusted, ok, err, crlb),
     }
+
+
+def _by_group_size(
+    size: np.ndarray, trusted: np.ndarray, ok: np.ndarray, err: np.ndarray, crlb: np.ndarray
+) -> list[dict[str, Any]]:
+    """Trusted share, efficiency and 2x coverage of the readout per ``GROUP_SIZES`` entry
+    (``ok``: trusted with a finite error and bound)."""
+    rows = []
+    for label, lo, hi in GROUP_SIZES:
+        in_group = (size >= lo) & (size <= hi)
+        m = ok & in_group
+        rows.append(
+            {
+                "group_size": label,
+                "n": int(in_group.sum()),
+                "trusted_fraction": float(trusted[in_group].mean()) if in_group.any() else None,
+                "efficiency": float(np.sqrt(np.mean(crlb[m] ** 2) / np.mean(err[m] ** 2)))
+                if m.any()
+                else None,
+                "coverage_2x": float(np.mean(np.abs(err[m]) <= 2 * crlb[m])) if m.any() else None,
+            }
+        )
+    return rows
 
 
 def molecule_errors(molecules: pd.DataFrame, matched: pd.DataFrame) -> pd.DataFrame:

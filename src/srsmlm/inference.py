@@ -13,19 +13,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .dataset import save_npz
-from .errors import InputError
-from .evaluation import spectral_shift
-from .geometry import Geometry
-from .io import PatchSpool, chunk_slices, prefetch, spool_dir, write_csv, write_json, write_tif
-from .model import load_model
-from .patches import (
+from .boxes import (
     Boxes,
     check_geometry_fits,
     check_inside_stack,
     extract_shifted_patches,
     place_boxes,
 )
+from .dataset import save_npz
+from .errors import InputError
+from .evaluation import spectral_shift
+from .geometry import Geometry
+from .io import PatchSpool, chunk_slices, prefetch, spool_dir, write_csv, write_json, write_tif
+from .model import load_model
 from .profiles import shift_fits
 from .stack import Stack
 

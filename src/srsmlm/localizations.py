@@ -11,6 +11,10 @@ Canonical columns, added to the file's own columns (which are kept):
 Everything the reader knows about the writers is in the tables just below (column names,
 units, separators, comment and missing-value marks); the functions only apply them. The
 layouts are listed for users in ``docs/localization-tables.md``.
+
+One module on purpose (over 500 lines): the writers' tables and the small functions that apply
+them are one concern, reading the 23 layouts users export; splitting them would scatter one
+format's rules over several files.
 """
 
 from __future__ import annotations

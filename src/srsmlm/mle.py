@@ -21,6 +21,10 @@ Schur complement over the shared parameters, so a single box is the group of siz
 of K frames costs K single fits per iteration. Kernels are Numba-compiled (``nogil``, parallel
 over groups); the CRLB of l0 is ``[I^-1]_{l0,l0}`` at the fit (Smith et al., Nat Methods 7, 373,
 2010; Chao, Ward & Ober, JOSA A 33, B36, 2016).
+
+One module on purpose (over 500 lines): the compiled kernels share the pixel integrals, the
+small dense solver and the Schur-complement step, and Numba compiles them as one unit; the
+joint fit of overlapping spectra (:mod:`srsmlm.joint`) reuses them.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from srsmlm.errors import InputError
-from srsmlm.patches import TARGETS
+from srsmlm.plan import TARGETS
 from srsmlm.sheet import load_sheet, names_with_role
 from srsmlm.stack import NORMALISATION
 from srsmlm.targets import SPECTRA_KEYS as TARGET_SPECTRA_KEYS
