@@ -382,15 +382,7 @@ def prepare_patches(
                     counts["background_patches"],
                     p.background_patches,
                 )
-            if spool.n == 0:
-                raise InputError(
-                    clusters_path,
-                    f"no patch left after the thresholds ({counts['runs']} runs, "
-                    f"{counts['runs_outside_frame']} outside the frame, "
-                    f"{counts['dropped_no_target']} without a target, {counts['dropped_ratio']} "
-                    f"frames dropped by the SF ratio, {counts['dropped_dim']} as dim)",
-                    "lower patches.min_loc_max in config/config.yaml (it depends on the camera)",
-                )
+            _check_some_patch(spool.n, counts, clusters_path)
             table = patch_table(rows, acquisition)
             # the table is formatted while the TIFFs are written (file writes release the GIL)
             with ThreadPoolExecutor(1) as pool:
@@ -402,6 +394,20 @@ def prepare_patches(
             shutil.rmtree(tmpdir, ignore_errors=True)
     counts["patches"] = spool.n
     return counts
+
+
+def _check_some_patch(n: int, counts: dict[str, int], clusters_path: str | Path) -> None:
+    """Fail, naming every threshold's share, when no patch is left."""
+    if n:
+        return
+    raise InputError(
+        clusters_path,
+        f"no patch left after the thresholds ({counts['runs']} runs, "
+        f"{counts['runs_outside_frame']} outside the frame, "
+        f"{counts['dropped_no_target']} without a target, {counts['dropped_ratio']} "
+        f"frames dropped by the SF ratio, {counts['dropped_dim']} as dim)",
+        "lower patches.min_loc_max in config/config.yaml (it depends on the camera)",
+    )
 
 
 def _run_end(starts: np.ndarray, r: int, n: int) -> int:
