@@ -2,7 +2,7 @@
 of its own): README's table of the denoised readouts against the raw ones, by signal quarter and
 by dye, and the spread of the denoised fit's median error over seeds.
 
-    python benchmarks/compare_targets.py LABEL=WORKDIR [LABEL=WORKDIR ...] [--seeds WORKDIR ...]
+    python studies/compare_targets.py LABEL=WORKDIR [LABEL=WORKDIR ...] [--seeds WORKDIR ...]
 
 Each WORKDIR holds a finished ``snakemake`` run (``results/evaluation/sc_errors.csv``,
 ``metrics.json`` and ``test_metrics.json``). Raw readouts are printed once, from the first run

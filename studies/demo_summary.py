@@ -1,6 +1,6 @@
 """Print the README's demo figures from one finished demo run (no computation of its own).
 
-    python benchmarks/demo_summary.py [WORKDIR]
+    python studies/demo_summary.py [WORKDIR]
 
 Reads ``WORKDIR/benchmarks/**/*.tsv`` (Snakemake's per-rule wall time and peak RSS),
 ``results/evaluation/metrics.json``, ``test_metrics.json``, ``results/model/history.csv`` and

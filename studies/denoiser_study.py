@@ -10,7 +10,7 @@ least-squares Gaussian fit of the 4-row profile), and scored with `srsmlm.evalua
 against the simulator's truth, next to the raw least-squares fit of the same run (the reference,
 as a ratio). Prints one line per variant and the training / inference patches/s.
 
-    KERAS_BACKEND=jax python benchmarks/denoiser_study.py RUN_DIR [--variants mse:10 prof16:10 ...]
+    KERAS_BACKEND=jax python studies/denoiser_study.py RUN_DIR [--variants mse:10 prof16:10 ...]
 
 A variant is LOSS:EPOCHS[:SEED]; LOSS is ``mse``, ``profN`` (MSE plus N x the MSE of the
 row-summed spectral profile) or ``cenN`` (MSE plus N x the squared spectral-centroid error, in
@@ -30,7 +30,9 @@ import keras
 import numpy as np
 import pandas as pd
 import tifffile
-from harness import load_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the shared harness
+from harness import load_config  # noqa: E402
 
 from srsmlm.calibration import calibration_from_config
 from srsmlm.evaluation import evaluate
