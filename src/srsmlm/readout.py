@@ -296,7 +296,7 @@ def joint_readout(
     single = fit_readout(boxes, table.assign(crowded=True), g, cal, camera, cfg)
     groups = table["group"].to_numpy()
     starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1], True])
-    fit, region = _fit_jointly(stack, table, single, starts, g, cfg, camera)
+    fit, region = _fit_jointly(stack, table, single, starts, g, cfg, camera, min_row_separation)
     row0, col0 = boxes[1], boxes[2]
     left = region[:, 1] - col0  # the region's columns in each emitter's own box
     right = left + region[:, 3]
@@ -343,6 +343,7 @@ def _fit_jointly(
     g: Geometry,
     cfg: ReadoutConfig,
     camera: Camera,
+    min_row_separation: float,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The joint fits of the groups starting at ``starts`` (per emitter: ``l0`` in its own box,
     ``s``, ``N``, ``y0`` in region rows, ``var_l0``; per emitter, repeated from its group:
@@ -377,10 +378,57 @@ def _fit_jointly(
     limits = (2.0 * cfg.max_row_shift_px, (0.0, float(width)), cfg.settings, camera)
     fit = fit_groups(*args, start, *limits)
     found = np.column_stack([fit["N"], fit["l0"], fit["s"], start[:, 3], fit["b"][member]])
-    other = fit_groups(*args, _rotated(found, cols, starts), *limits)
+    close = _pairs_within(table["y"].to_numpy(), starts, 2.0 * min_row_separation).any(axis=1)
+    other = _refit_some(close, args, _rotated(found, cols, starts), limits, fit)
     fit = _better_or_ambiguous(fit, other, member, cfg)
     region = np.column_stack([lo_r, lo_c, hi_r - lo_r, hi_c - lo_c])[member]
     return fit, region
+
+
+def _pairs_within(y: np.ndarray, starts: np.ndarray, rows: float) -> np.ndarray:
+    """Per group (rows) and offset k (columns, 1 to the largest group - 1): whether a member
+    and the k-th next one of the same group are closer than ``rows`` in y."""
+    sizes = np.diff(starts)
+    member = np.repeat(np.arange(len(sizes)), sizes)
+    width = max(int(sizes.max(initial=1)) - 1, 1)
+    out = np.zeros((len(sizes), width), dtype=bool)
+    for k in range(1, width + 1):
+        hit = (member[k:] == member[:-k]) & (np.abs(y[k:] - y[:-k]) < rows)
+        np.logical_or.at(out[:, k - 1], member[:-k][hit], True)
+    return out
+
+
+def _refit_some(
+    groups: np.ndarray,
+    args: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    start: np.ndarray,
+    limits: tuple,
+    fit: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """:func:`srsmlm.joint.fit_groups` of the ``groups`` (mask) from ``start``; the other
+    groups keep ``fit``. Rows farther apart than twice the minimum separation cannot trade
+    spectra, so only close ones are refitted from the other labelling."""
+    out = {k: v.copy() for k, v in fit.items()}
+    if not groups.any():
+        return out
+    data, regions, starts, cols = args
+    sizes = np.diff(starts)
+    pick = np.flatnonzero(groups)
+    emitters = np.repeat(groups, sizes)
+    sub = fit_groups(
+        data[pick],
+        regions[pick],
+        np.r_[0, np.cumsum(sizes[pick])],
+        cols[emitters],
+        start[emitters],
+        *limits,
+    )
+    for key, values in sub.items():
+        if len(values) == len(pick) and len(out[key]) == len(sizes):
+            out[key][pick] = values
+        else:
+            out[key][emitters] = values
+    return out
 
 
 def _rotated(start: np.ndarray, cols: np.ndarray, starts: np.ndarray) -> np.ndarray:
