@@ -29,7 +29,8 @@ from srsmlm.boxes import place_boxes
 from srsmlm.evaluation import match_truth
 from srsmlm.geometry import Geometry
 from srsmlm.localizations import filter_localizations, read_localizations
-from srsmlm.readout import mle_readout, overlap_groups
+from srsmlm.overlaps import overlap_groups
+from srsmlm.readout import mle_readout
 from srsmlm.simulate import SimulationParams, simulate_acquisition
 from srsmlm.spectra import joint_pass, stage_settings
 from srsmlm.stack import Stack

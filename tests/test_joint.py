@@ -9,7 +9,8 @@ from scipy.special import ndtr
 from srsmlm.calibration import Calibration
 from srsmlm.geometry import Geometry
 from srsmlm.mle import Camera, FitSettings
-from srsmlm.readout import JointConfig, ReadoutConfig, joint_readout, overlap_groups
+from srsmlm.overlaps import JointConfig, joint_readout, overlap_groups
+from srsmlm.readout import ReadoutConfig
 from srsmlm.spectra import StageSettings, joint_pass
 from srsmlm.stack import Stack
 

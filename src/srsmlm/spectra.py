@@ -33,15 +33,9 @@ from .geometry import Geometry
 from .io import atomic_path, chunk_slices, spool_dir, write_csv
 from .mle import Camera
 from .molecules import molecules, run_blocks
+from .overlaps import JointConfig, joint_readout, overlap_groups
 from .profiles import DENOISED_FIT_COLUMNS, patch_readouts
-from .readout import (
-    MLE_COLUMNS,
-    JointConfig,
-    ReadoutConfig,
-    joint_readout,
-    mle_readout,
-    overlap_groups,
-)
+from .readout import MLE_COLUMNS, ReadoutConfig, mle_readout
 from .stack import NORMALISATION, Stack
 
 log = logging.getLogger(__name__)
@@ -225,7 +219,7 @@ def readout_pass(
 
 def joint_pass(table: pd.DataFrame, stack: Stack, st: StageSettings) -> pd.DataFrame:
     """The maximum-likelihood readout of every localization in a group of 2 to
-    ``spectra.max_group_size`` (:func:`srsmlm.readout.joint_readout`), whole groups of about
+    ``spectra.max_group_size`` (:func:`srsmlm.overlaps.joint_readout`), whole groups of about
     ``chunk_size`` localizations at a time; indexed like ``table``. Logs the counts."""
     size = table["group_size"].to_numpy()
     cap = st.joint.max_group_size

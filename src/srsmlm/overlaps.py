@@ -1,0 +1,284 @@
+"""Readout of overlapping spectra: localizations of one frame whose spectra overlap form groups,
+and each group is fitted jointly (:mod:`srsmlm.joint`) in one region covering its members'
+readout boxes, started from their single fits (:mod:`srsmlm.readout`); checks keep swapped
+spectra out of the trusted values. The same columns and flags as the single readout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .calibration import Calibration
+from .geometry import Geometry
+from .joint import fit_groups
+from .mle import Camera
+from .readout import ReadoutConfig, fit_readout, flag_fits, gather_photons, overlap_pairs
+from .stack import Stack
+
+#: a group whose two labellings of its spectra have log-likelihoods closer than this fits both
+#: about equally well: its spectra cannot be assigned to their localizations
+AMBIGUOUS_LOGLIK = 3.0
+
+
+@dataclass(frozen=True)
+class JointConfig:
+    """The ``spectra:`` keys of the joint fit of overlapping spectra."""
+
+    max_group_size: int
+    group_rows_px: float
+    min_row_separation_px: float
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> JointConfig:
+        return cls(
+            max_group_size=int(section["max_group_size"]),
+            group_rows_px=float(section["group_rows_px"]),
+            min_row_separation_px=float(section["min_row_separation_px"]),
+        )
+
+
+def overlap_groups(
+    table: pd.DataFrame, g: Geometry, cfg: ReadoutConfig, joint: JointConfig
+) -> np.ndarray:
+    """Group label of each localization: those of one frame closer than
+    ``joint.group_rows_px`` in y and than a readout box in x (their spectra overlap), directly
+    or through others (connected components); each label's members are fitted together. A lone
+    localization is a group of one."""
+    n = len(table)
+    row0 = np.floor(table["y"].to_numpy(float)) - cfg.rows // 2
+    col0 = table["spec_col0"].to_numpy(float) - cfg.margin_px
+    width = g.spectral_width + 2 * cfg.margin_px
+    i, j = overlap_pairs(table["frame"].to_numpy(), row0, col0, joint.group_rows_px, width)
+    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def joint_readout(
+    stack: Stack,
+    table: pd.DataFrame,
+    g: Geometry,
+    cal: Calibration,
+    camera: Camera,
+    cfg: ReadoutConfig,
+    min_row_separation: float,
+) -> pd.DataFrame:
+    """:func:`mle_readout` of the localizations of groups of two or more
+    (``table`` holds whole groups, consecutive, in a ``group`` column): each group fitted
+    jointly in the region covering its members' readout boxes (:func:`srsmlm.joint.fit_groups`),
+    started from the single fits; a group whose joint fit fails keeps its single fits, flagged
+    ``crowded``. Flags are judged per emitter from the joint fit, ``bad_fit`` by the group's
+    deviance test. Adds ``group_size``."""
+    boxes = gather_photons(stack, table, g, cfg, camera)
+    single = fit_readout(boxes, table.assign(crowded=True), g, cal, camera, cfg)
+    groups = table["group"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1], True])
+    fit, region = _fit_jointly(stack, table, single, starts, g, cfg, camera, min_row_separation)
+    row0, col0 = boxes[1], boxes[2]
+    left = region[:, 1] - col0  # the region's columns in each emitter's own box
+    right = left + region[:, 3]
+    y_expected = table["y"].to_numpy() - row0
+    own = fit | {"y0": fit["y0"] + region[:, 0] - row0}
+    flag = flag_fits(own, right, y_expected, np.zeros(len(table), bool), cfg, left)
+    centre = col0 + fit["l0"]
+    joint = pd.DataFrame(
+        {
+            "sc_mle_nm": cal.wavelength(centre - table["x"].to_numpy(), g.spectral_offset),
+            "sc_mle_crlb_nm": np.sqrt(fit["var_l0"]) * cfg.nm_per_px,
+            "sc_mle_width_nm": fit["s"] * cfg.nm_per_px,
+            "spectral_photons": fit["N"],
+            "background_photons": fit["b"],
+            "sc_mle_flag": flag,
+            "mle_centre_px": centre,
+            "mle_box_row0": row0,
+            "mle_box_col0": col0,
+            "mle_p_fit": fit["p_fit"],
+        },
+        index=table.index,
+    )
+    joint.loc[joint["sc_mle_flag"] == "not_converged", ["sc_mle_nm", "sc_mle_crlb_nm"]] = np.nan
+    unresolved = _unresolved(
+        table["y"].to_numpy(),
+        col0,
+        col0 + fit["l0"],
+        starts,
+        g.spectral_width + 2 * cfg.margin_px,
+        min_row_separation,
+    )
+    joint.loc[unresolved & (joint["sc_mle_flag"] == ""), "sc_mle_flag"] = "crowded"
+    failed = ~fit["converged"]
+    joint[failed] = single[failed]
+    sizes = np.diff(starts)
+    return joint.assign(group_size=np.repeat(sizes, sizes), rho=fit["rho"])
+
+
+def _fit_jointly(
+    stack: Stack,
+    table: pd.DataFrame,
+    single: pd.DataFrame,
+    starts: np.ndarray,
+    g: Geometry,
+    cfg: ReadoutConfig,
+    camera: Camera,
+    min_row_separation: float,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The joint fits of the groups starting at ``starts`` (per emitter: ``l0`` in its own box,
+    ``s``, ``N``, ``y0`` in region rows, ``var_l0``; per emitter, repeated from its group:
+    ``b``, ``p_fit``, ``converged``), and each emitter's group region (frame row0, col0, height,
+    width)."""
+    sizes = np.diff(starts)
+    member = np.repeat(np.arange(len(sizes)), sizes)
+    width = g.spectral_width + 2 * cfg.margin_px
+    row0 = single["mle_box_row0"].to_numpy(np.int64)
+    col0 = single["mle_box_col0"].to_numpy(np.int64)
+    lo_r, lo_c = np.minimum.reduceat(row0, starts[:-1]), np.minimum.reduceat(col0, starts[:-1])
+    hi_r = np.maximum.reduceat(row0, starts[:-1]) + cfg.rows
+    hi_c = np.maximum.reduceat(col0, starts[:-1]) + width
+    frame_h, frame_w = stack.frame_shape
+    pad_h, pad_w = int((hi_r - lo_r).max()), int((hi_c - lo_c).max())
+    top = np.clip(lo_r, 0, frame_h - pad_h)
+    side = np.clip(lo_c, 0, frame_w - pad_w)
+    frames = table["frame"].to_numpy()[starts[:-1]]
+    (data,) = stack.gather(frames, [(top, side, pad_h, pad_w)])
+    regions = np.column_stack([lo_r - top, lo_c - side, hi_r - lo_r, hi_c - lo_c])
+    start = np.column_stack(
+        [
+            _finite_or(single["spectral_photons"].to_numpy(), 100.0),
+            _finite_or(single["mle_centre_px"].to_numpy() - col0, width / 2),
+            _finite_or(single["sc_mle_width_nm"].to_numpy() / cfg.nm_per_px, cfg.s_start),
+            table["y"].to_numpy() - lo_r[member],
+            _finite_or(single["background_photons"].to_numpy(), 1.0),
+        ]
+    )
+    cols = (col0 - lo_c[member]).astype(np.float64)
+    args = (camera.photons(data), regions, starts, cols)
+    limits = (2.0 * cfg.max_row_shift_px, (0.0, float(width)), cfg.settings, camera)
+    fit = fit_groups(*args, start, *limits)
+    found = np.column_stack([fit["N"], fit["l0"], fit["s"], start[:, 3], fit["b"][member]])
+    close = _pairs_within(table["y"].to_numpy(), starts, 2.0 * min_row_separation).any(axis=1)
+    other = _refit_some(close, args, _rotated(found, cols, starts), limits, fit)
+    fit = _better_or_ambiguous(fit, other, member, cfg)
+    region = np.column_stack([lo_r, lo_c, hi_r - lo_r, hi_c - lo_c])[member]
+    return fit, region
+
+
+def _pairs_within(y: np.ndarray, starts: np.ndarray, rows: float) -> np.ndarray:
+    """Per group (rows) and offset k (columns, 1 to the largest group - 1): whether a member
+    and the k-th next one of the same group are closer than ``rows`` in y."""
+    sizes = np.diff(starts)
+    member = np.repeat(np.arange(len(sizes)), sizes)
+    width = max(int(sizes.max(initial=1)) - 1, 1)
+    out = np.zeros((len(sizes), width), dtype=bool)
+    for k in range(1, width + 1):
+        hit = (member[k:] == member[:-k]) & (np.abs(y[k:] - y[:-k]) < rows)
+        np.logical_or.at(out[:, k - 1], member[:-k][hit], True)
+    return out
+
+
+def _refit_some(
+    groups: np.ndarray,
+    args: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    start: np.ndarray,
+    limits: tuple,
+    fit: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """:func:`srsmlm.joint.fit_groups` of the ``groups`` (mask) from ``start``; the other
+    groups keep ``fit``. Rows farther apart than twice the minimum separation cannot trade
+    spectra, so only close ones are refitted from the other labelling."""
+    out = {k: v.copy() for k, v in fit.items()}
+    if not groups.any():
+        return out
+    data, regions, starts, cols = args
+    sizes = np.diff(starts)
+    pick = np.flatnonzero(groups)
+    emitters = np.repeat(groups, sizes)
+    sub = fit_groups(
+        data[pick],
+        regions[pick],
+        np.r_[0, np.cumsum(sizes[pick])],
+        cols[emitters],
+        start[emitters],
+        *limits,
+    )
+    for key, values in sub.items():
+        if len(values) == len(pick) and len(out[key]) == len(sizes):
+            out[key][pick] = values
+        else:
+            out[key][emitters] = values
+    return out
+
+
+def _rotated(start: np.ndarray, cols: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The starts (N, l, s, y, b) with each group's spectra (photons, centre in frame columns,
+    width) handed on to the next member, cyclically, the rows kept: another labelling of the
+    group's spectra."""
+    absolute = start[:, 1] + cols
+    sizes = np.diff(starts)
+    member = np.repeat(np.arange(len(sizes)), sizes)
+    slot = np.arange(len(cols)) - starts[member]
+    nxt = starts[member] + (slot + 1) % sizes[member]
+    out = start.copy()
+    out[:, 1] = absolute[nxt] - cols
+    out[:, 0], out[:, 2] = start[nxt, 0], start[nxt, 2]
+    return out
+
+
+def _better_or_ambiguous(
+    fit: dict[str, np.ndarray], other: dict[str, np.ndarray], member: np.ndarray, cfg: ReadoutConfig
+) -> dict[str, np.ndarray]:
+    """Per group, the fit with the higher likelihood; a group whose two labellings fit about
+    equally well (log-likelihoods within ``AMBIGUOUS_LOGLIK``) but place a spectrum differently
+    (by more than twice its bound) is not converged: its spectra cannot be told apart."""
+    take = other["loglik"] > fit["loglik"]
+    per_emitter = take[member]
+    best = {
+        k: np.where(per_emitter if len(v) == len(member) else take, other[k], v)
+        for k, v in fit.items()
+    }
+    bound = 2.0 * np.sqrt(np.maximum(fit["var_l0"], other["var_l0"]))
+    apart = np.zeros(len(take), bool)
+    np.logical_or.at(apart, member, ~(np.abs(fit["l0"] - other["l0"]) <= bound))
+    close = np.abs(fit["loglik"] - other["loglik"]) < AMBIGUOUS_LOGLIK
+    best["converged"] = best["converged"] & ~(close & apart)
+    for key in ("b", "p_fit", "converged"):
+        best[key] = best[key][member]
+    best["converged"] = best["converged"] & np.isfinite(best["var_l0"])
+    return best
+
+
+def _unresolved(
+    y: np.ndarray,
+    col0: np.ndarray,
+    centre: np.ndarray,
+    starts: np.ndarray,
+    box_width: int,
+    min_row_separation: float,
+) -> np.ndarray:
+    """Members of a group with another member closer than ``cfg.min_row_separation_px`` in y
+    whose spectra could as well be each other's: each fitted centre (frame columns) also lies
+    inside the other's readout box. Their rows cannot tell which spectrum is whose, so neither
+    value is trusted."""
+    sizes = np.diff(starts)
+    member = np.repeat(np.arange(len(sizes)), sizes)
+    out = np.zeros(len(y), dtype=bool)
+    for k in range(1, int(sizes.max(initial=1))):
+        a, b = slice(None, -k), slice(k, None)
+        same = member[b] == member[a]
+        near = np.abs(y[b] - y[a]) < min_row_separation
+        swap_a = centre[b] - col0[a]  # a's box column of b's spectrum
+        swap_b = centre[a] - col0[b]
+        inside = (swap_a >= 0) & (swap_a <= box_width) & (swap_b >= 0) & (swap_b <= box_width)
+        hit = same & near & inside
+        out[b] |= hit
+        out[a] |= hit
+    return out
+
+
+def _finite_or(values: np.ndarray, fallback: float) -> np.ndarray:
+    """``values`` with non-finite entries replaced by ``fallback``."""
+    return np.where(np.isfinite(values), values, fallback)
