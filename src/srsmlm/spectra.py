@@ -241,8 +241,9 @@ def joint_pass(table: pd.DataFrame, stack: Stack, st: StageSettings) -> pd.DataF
     out = pd.concat(parts) if parts else pd.DataFrame(columns=[*MLE_COLUMNS, "group_size"])
     over = int((size > cap).sum())
     log.info(
-        "%d localizations in %d groups of overlapping spectra fitted jointly (%d of them not: "
-        "the joint fit failed); %d in groups above spectra.max_group_size = %d (flagged crowded)",
+        "%d localizations in %d groups of overlapping spectra fitted jointly (%d of them flagged "
+        "crowded: a failed or ambiguous joint fit, or spectra on nearly one row); %d in groups "
+        "above spectra.max_group_size = %d (flagged crowded)",
         len(rows),
         len(bounds) - 1,
         int((out["sc_mle_flag"] == "crowded").sum()),
