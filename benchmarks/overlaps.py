@@ -62,12 +62,13 @@ def simulate(folder: Path, name: str, frames: int) -> tuple[Path, pd.DataFrame, 
     return paths[0], locs, pd.read_csv(paths[3])
 
 
-def readout(stack_path: Path, locs: pd.DataFrame, **spectra_keys) -> pd.DataFrame:
-    """Every localization read out as the spectra stage does, with ``spectra_keys`` changed."""
+def readout(stack_path: Path, locs: pd.DataFrame, camera: dict, **spectra_keys) -> pd.DataFrame:
+    """Every localization read out as the spectra stage does (the acquisition's ``camera``
+    section), with ``spectra_keys`` changed."""
     cfg = default_config()
     g = Geometry.from_config(cfg)
     spectra = section("spectra", **spectra_keys)
-    st = stage_settings(spectra, section("camera"), g, threads=2)
+    st = stage_settings(spectra, camera, g, threads=2)
     boxes = place_boxes(*(locs[c].to_numpy() for c in ("frame", "pixel_x", "pixel_y")), g)
     table = locs.reset_index(drop=True).assign(spec_col0=boxes.spec_col0)
     table["group"] = overlap_groups(table, g, st.cfg, st.joint)
@@ -111,7 +112,8 @@ def main() -> None:
             alone = {"group_rows_px": crowding, "max_group_size": 1}
             for label, keys in (("single", alone), ("joint", {"group_rows_px": args.rows})):
                 t0 = time.perf_counter()
-                d = match_truth(readout(stack, locs, **keys), truth)
+                camera = section("camera", **CONDITIONS[name][3])
+                d = match_truth(readout(stack, locs, camera, **keys), truth)
                 read[label] = d[d["sc_true_nm"].notna()]
                 print(f"{label:>6}: {time.perf_counter() - t0:.1f} s")
             crowded = read["single"]["sc_mle_flag"] == "crowded"

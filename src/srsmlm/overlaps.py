@@ -102,14 +102,7 @@ def joint_readout(
         index=table.index,
     )
     joint.loc[joint["sc_mle_flag"] == "not_converged", ["sc_mle_nm", "sc_mle_crlb_nm"]] = np.nan
-    unresolved = _unresolved(
-        table["y"].to_numpy(),
-        col0,
-        col0 + fit["l0"],
-        starts,
-        g.spectral_width + 2 * cfg.margin_px,
-        min_row_separation,
-    )
+    unresolved = _close_members(table["y"].to_numpy(), starts, min_row_separation)
     joint.loc[unresolved & (joint["sc_mle_flag"] == ""), "sc_mle_flag"] = "crowded"
     failed = ~fit["converged"]
     joint[failed] = single[failed]
@@ -160,23 +153,26 @@ def _fit_jointly(
     limits = (2.0 * cfg.max_row_shift_px, (0.0, float(width)), cfg.settings, camera)
     fit = fit_groups(*args, start, *limits)
     found = np.column_stack([fit["N"], fit["l0"], fit["s"], start[:, 3], fit["b"][member]])
-    close = _pairs_within(table["y"].to_numpy(), starts, 2.0 * min_row_separation).any(axis=1)
+    near = _close_members(table["y"].to_numpy(), starts, 2.0 * min_row_separation)
+    close = np.logical_or.reduceat(near, starts[:-1])
     other = _refit_some(close, args, _rotated(found, cols, starts), limits, fit)
     fit = _better_or_ambiguous(fit, other, member, cfg)
     region = np.column_stack([lo_r, lo_c, hi_r - lo_r, hi_c - lo_c])[member]
     return fit, region
 
 
-def _pairs_within(y: np.ndarray, starts: np.ndarray, rows: float) -> np.ndarray:
-    """Per group (rows) and offset k (columns, 1 to the largest group - 1): whether a member
-    and the k-th next one of the same group are closer than ``rows`` in y."""
+def _close_members(y: np.ndarray, starts: np.ndarray, rows: float) -> np.ndarray:
+    """Members of a group with another member closer than ``rows`` in y. Closer than
+    ``min_row_separation_px``, the rows cannot tell which spectrum is whose (a swapped or a
+    merged pair fits as well), so neither value is trusted; members of a group are within a
+    readout box of each other in x, so each one's spectrum could lie in the other's box."""
     sizes = np.diff(starts)
     member = np.repeat(np.arange(len(sizes)), sizes)
-    width = max(int(sizes.max(initial=1)) - 1, 1)
-    out = np.zeros((len(sizes), width), dtype=bool)
-    for k in range(1, width + 1):
+    out = np.zeros(len(y), dtype=bool)
+    for k in range(1, int(sizes.max(initial=1))):
         hit = (member[k:] == member[:-k]) & (np.abs(y[k:] - y[:-k]) < rows)
-        np.logical_or.at(out[:, k - 1], member[:-k][hit], True)
+        out[k:] |= hit
+        out[:-k] |= hit
     return out
 
 
@@ -249,34 +245,6 @@ def _better_or_ambiguous(
         best[key] = best[key][member]
     best["converged"] = best["converged"] & np.isfinite(best["var_l0"])
     return best
-
-
-def _unresolved(
-    y: np.ndarray,
-    col0: np.ndarray,
-    centre: np.ndarray,
-    starts: np.ndarray,
-    box_width: int,
-    min_row_separation: float,
-) -> np.ndarray:
-    """Members of a group with another member closer than ``cfg.min_row_separation_px`` in y
-    whose spectra could as well be each other's: each fitted centre (frame columns) also lies
-    inside the other's readout box. Their rows cannot tell which spectrum is whose, so neither
-    value is trusted."""
-    sizes = np.diff(starts)
-    member = np.repeat(np.arange(len(sizes)), sizes)
-    out = np.zeros(len(y), dtype=bool)
-    for k in range(1, int(sizes.max(initial=1))):
-        a, b = slice(None, -k), slice(k, None)
-        same = member[b] == member[a]
-        near = np.abs(y[b] - y[a]) < min_row_separation
-        swap_a = centre[b] - col0[a]  # a's box column of b's spectrum
-        swap_b = centre[a] - col0[b]
-        inside = (swap_a >= 0) & (swap_a <= box_width) & (swap_b >= 0) & (swap_b <= box_width)
-        hit = same & near & inside
-        out[b] |= hit
-        out[a] |= hit
-    return out
 
 
 def _finite_or(values: np.ndarray, fallback: float) -> np.ndarray:
