@@ -78,7 +78,7 @@ def readout(stack_path: Path, locs: pd.DataFrame, camera: dict, **spectra_keys) 
         joint = joint_pass(table, stack, st)
         alone = table[~table.index.isin(joint.index)]
         single = mle_readout(stack, alone, g, st.cal, st.camera, st.cfg)
-    out = pd.concat([single, joint.drop(columns=["group_size", "rho"], errors="ignore")])
+    out = pd.concat([single, joint.drop(columns="group_size")])
     return table.join(out.loc[table.index])
 
 

@@ -18,7 +18,14 @@ from .calibration import Calibration
 from .geometry import Geometry
 from .joint import fit_groups
 from .mle import Camera
-from .readout import ReadoutConfig, fit_readout, flag_fits, gather_photons, overlap_pairs
+from .readout import (
+    ReadoutConfig,
+    fit_readout,
+    flag_fits,
+    gather_photons,
+    overlap_pairs,
+    readout_table,
+)
 from .stack import Stack
 
 #: a group whose two labellings of its spectra have log-likelihoods closer than this fits both
@@ -85,29 +92,13 @@ def joint_readout(
     y_expected = table["y"].to_numpy() - row0
     own = fit | {"y0": fit["y0"] + region[:, 0] - row0}
     flag = flag_fits(own, right, y_expected, np.zeros(len(table), bool), cfg, left)
-    centre = col0 + fit["l0"]
-    joint = pd.DataFrame(
-        {
-            "sc_mle_nm": cal.wavelength(centre - table["x"].to_numpy(), g.spectral_offset),
-            "sc_mle_crlb_nm": np.sqrt(fit["var_l0"]) * cfg.nm_per_px,
-            "sc_mle_width_nm": fit["s"] * cfg.nm_per_px,
-            "spectral_photons": fit["N"],
-            "background_photons": fit["b"],
-            "sc_mle_flag": flag,
-            "mle_centre_px": centre,
-            "mle_box_row0": row0,
-            "mle_box_col0": col0,
-            "mle_p_fit": fit["p_fit"],
-        },
-        index=table.index,
-    )
-    joint.loc[joint["sc_mle_flag"] == "not_converged", ["sc_mle_nm", "sc_mle_crlb_nm"]] = np.nan
+    joint = readout_table(fit, flag, table, row0, col0, g, cal, cfg)
     unresolved = _close_members(table["y"].to_numpy(), starts, min_row_separation)
     joint.loc[unresolved & (joint["sc_mle_flag"] == ""), "sc_mle_flag"] = "crowded"
     failed = ~fit["converged"]
     joint[failed] = single[failed]
     sizes = np.diff(starts)
-    return joint.assign(group_size=np.repeat(sizes, sizes), rho=fit["rho"])
+    return joint.assign(group_size=np.repeat(sizes, sizes))
 
 
 def _fit_jointly(

@@ -216,16 +216,31 @@ def fit_readout(
     x, row0, col0, width = boxes
     y_expected = table["y"].to_numpy() - row0
     fit = _fit_with_second_start(x, y_expected, width, cfg, camera)
-    crlb_nm = np.sqrt(fit["var_l0"]) * cfg.nm_per_px
+    flag = flag_fits(fit, width, y_expected, table["crowded"].to_numpy(), cfg)
+    return readout_table(fit, flag, table, row0, col0, g, cal, cfg)
+
+
+def readout_table(
+    fit: dict[str, np.ndarray],
+    flag: np.ndarray,
+    table: pd.DataFrame,
+    row0: np.ndarray,
+    col0: np.ndarray,
+    g: Geometry,
+    cal: Calibration,
+    cfg: ReadoutConfig,
+) -> pd.DataFrame:
+    """The ``MLE_COLUMNS`` and the box columns of fits (``l0`` in each localization's own box
+    starting at column ``col0``) with their flags; a value that did not converge is NaN."""
     centre = col0 + fit["l0"]
     out = pd.DataFrame(
         {
             "sc_mle_nm": cal.wavelength(centre - table["x"].to_numpy(), g.spectral_offset),
-            "sc_mle_crlb_nm": crlb_nm,
+            "sc_mle_crlb_nm": np.sqrt(fit["var_l0"]) * cfg.nm_per_px,
             "sc_mle_width_nm": fit["s"] * cfg.nm_per_px,
             "spectral_photons": fit["N"],
             "background_photons": fit["b"],
-            "sc_mle_flag": flag_fits(fit, width, y_expected, table["crowded"].to_numpy(), cfg),
+            "sc_mle_flag": flag,
             "mle_centre_px": centre,
             "mle_box_row0": row0,
             "mle_box_col0": col0,
