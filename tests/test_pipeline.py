@@ -59,6 +59,12 @@ def test_pipeline_outputs(tiny_run):
         *MLE_COLUMNS,
     } <= set(spectra.columns)
     assert not {"sc_fused_nm", "dye_raw", "dye_denoised", "dye_mle"} & set(spectra.columns)
+    # the denoised fit is anchored on the trusted values, or (too few of them) left as it is
+    denoised = spectra["fit_denoised_centre_nm"].notna()
+    anchored = "not anchored" not in (wd / "logs/tiny_a/spectra.log").read_text()
+    assert denoised.any()
+    assert spectra.loc[denoised, "fit_denoised_err_nm"].notna().all() == anchored
+    assert spectra.loc[denoised, "fit_denoised_shift_nm"].notna().all() == anchored
     assert len(spectra) == len(den)
     assert set(spectra["sc_mle_flag"].dropna()) <= set(FLAGS)
     trusted = spectra[spectra["sc_mle_flag"].isna()]
@@ -176,6 +182,13 @@ def _planned_jobs(workdir) -> dict[str, int]:
             "sf_fusion",
             {"extract_patches", "build_dataset", "train_unet", "spectra", "plot_report"},
             {"simulate", "filter_localizations", "cluster_localizations"},
+        ),
+        (
+            "spectra",
+            "denoised_anchor_bins",
+            6,
+            {"spectra", "evaluate", "plot_report"},
+            {"train_unet", "denoise_acquisition", "extract_patches"},
         ),
         (  # the joint fit of overlapping spectra is the spectra stage's alone
             "spectra",

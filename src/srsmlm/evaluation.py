@@ -35,7 +35,7 @@ PAIRED = {"denoised_gaussian_fit": "raw_gaussian_fit"}
 #: the spectra.csv columns the evaluation reads (the others are not read: bounded memory)
 SPECTRA_COLUMNS = frozenset(
     {"frame", "x", "y", "signal", "cluster", "sc_mle_flag", "sc_mle_crlb_nm"}
-    | {"fit_denoised_spread_nm", "group_size"}
+    | {"fit_denoised_spread_nm", "fit_denoised_err_nm", "group_size"}
     | set(ESTIMATORS.values())
     | {"dye"}
 )
@@ -396,6 +396,25 @@ def score_molecules(
     return overall, rows, accuracy
 
 
+def err_coverage(matched: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Shares of the denoised fit's errors within 1x and 2x its ``fit_denoised_err_nm``, for
+    all localizations with both and apart for those whose maximum-likelihood value is trusted
+    and flagged (a Gaussian error gives 0.683 and 0.954)."""
+    err = (matched[ESTIMATORS["denoised_gaussian_fit"]] - matched["sc_true_nm"]).to_numpy()
+    bound = matched["fit_denoised_err_nm"].to_numpy(float)
+    has = np.isfinite(err) & np.isfinite(bound)
+    trusted = matched["sc_mle_flag"].fillna("").eq("").to_numpy()
+    out = {}
+    for name, sel in (("all", has), ("trusted", has & trusted), ("flagged", has & ~trusted)):
+        ratio = np.abs(err[sel]) / bound[sel]
+        out[name] = {
+            "n": int(sel.sum()),
+            "within_1x": float(np.mean(ratio <= 1)) if sel.any() else float("nan"),
+            "within_2x": float(np.mean(ratio <= 2)) if sel.any() else float("nan"),
+        }
+    return out
+
+
 def denoised_verdicts(overall: dict[str, Any], matched: pd.DataFrame) -> dict[str, Any]:
     """Whether the denoised readouts beat the raw ones (overall; the fits head to head) and the
     denoised fit's error by quintile of its spread over the shifts."""
@@ -410,6 +429,8 @@ def denoised_verdicts(overall: dict[str, Any], matched: pd.DataFrame) -> dict[st
         out["denoised_fit_by_spread"] = error_by_quantiles(
             err, matched["fit_denoised_spread_nm"].to_numpy(), 5
         )
+    if "fit_denoised_err_nm" in matched:
+        out["denoised_fit_err_coverage"] = err_coverage(matched)
     if "denoised_gaussian_fit_paired" in overall:
         d, r = overall["denoised_gaussian_fit_paired"], overall["raw_gaussian_fit_paired"]
         out["denoised_fit_beats_raw_fit_paired"] = bool(

@@ -21,6 +21,7 @@ import pandas as pd
 import tifffile
 
 from .calibration import Calibration, calibration_from_config
+from .denoised import AnchorConfig, DenoisedAnchor, anchor_columns, fit_anchor, strata
 from .dyes import (
     PRECISION_COLUMNS,
     TRUSTED_MLE,
@@ -90,6 +91,7 @@ class StageSettings:
     camera: Camera
     cfg: ReadoutConfig
     joint: JointConfig
+    anchor: AnchorConfig
     n_rows: int
     chunk_size: int
     max_residual: float = math.inf
@@ -164,7 +166,10 @@ class _Kept:
 
     mle: np.ndarray
     trusted: np.ndarray
+    stratum: np.ndarray
     denoised: np.ndarray
+    spread: np.ndarray
+    in_run: np.ndarray
     crlb: np.ndarray
     max_residual: float
     flags: dict[str, int] = field(default_factory=dict)
@@ -173,18 +178,22 @@ class _Kept:
 
     @classmethod
     def empty(cls, n: int, max_residual: float) -> _Kept:
-        return cls(np.empty(n), np.empty(n, bool), np.empty(n), np.empty(n), max_residual)
+        empty = (np.empty(n), np.empty(n, bool), np.empty(n, np.int8), np.empty(n), np.empty(n))
+        return cls(*empty, np.empty(n, bool), np.empty(n), max_residual)
 
     def add(self, sl: slice, out: pd.DataFrame, extra: pd.DataFrame, runs_file: Path) -> None:
         flag = out["sc_mle_flag"].fillna("")
         self.mle[sl] = out["sc_mle_nm"].to_numpy()
         self.trusted[sl] = (flag == "").to_numpy()
+        self.stratum[sl] = strata(flag.to_numpy())
         self.denoised[sl] = out["fit_denoised_centre_nm"].to_numpy()
+        self.spread[sl] = out["fit_denoised_spread_nm"].to_numpy()
         self.crlb[sl] = out["sc_mle_crlb_nm"].to_numpy()
         for name, n in flag.replace("", "trusted").value_counts().items():
             self.flags[name] = self.flags.get(name, 0) + int(n)
         self.denoised_rejected += int((out["fit_denoised_residual"] > self.max_residual).sum())
         in_run = out["cluster"].to_numpy() >= 0
+        self.in_run[sl] = in_run
         out.join(extra).loc[in_run, list(RUN_COLUMNS)].to_pickle(runs_file)
         self.runs.append(runs_file)
 
@@ -253,15 +262,23 @@ def joint_pass(table: pd.DataFrame, stack: Stack, st: StageSettings) -> pd.DataF
     return out
 
 
-def write_spectra(files: list[Path], dye: tuple[np.ndarray, np.ndarray], path: str | Path) -> None:
-    """spectra.csv, atomically, one spooled chunk at a time, with the dye class and its
-    probability appended (the same bytes as writing the whole table at once)."""
+def write_spectra(
+    files: list[Path],
+    anchored: dict[str, np.ndarray],
+    dye: tuple[np.ndarray, np.ndarray],
+    path: str | Path,
+) -> None:
+    """spectra.csv, atomically, one spooled chunk at a time, with the anchored denoised columns
+    (:func:`srsmlm.denoised.anchor_columns`) set and the dye class and its probability appended
+    (the same bytes as writing the whole table at once)."""
     cls, prob = dye
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         start = 0
         for k, file in enumerate(files):
             out = pd.read_pickle(file)
             sl = slice(start, start + len(out))
+            for name, values in anchored.items():
+                out[name] = values[sl]
             out["dye"] = cls[sl]
             out["dye_probability"] = prob[sl]
             out.to_csv(fh, header=k == 0, index=False)
@@ -280,6 +297,7 @@ def stage_settings(
         camera=Camera.from_config(camera),
         cfg=ReadoutConfig.from_config(section, cal, threads=int(threads)),
         joint=JointConfig.from_config(section),
+        anchor=AnchorConfig.from_config(section),
         n_rows=int(section["profile_rows"]),
         chunk_size=int(section["chunk_size"]),
         max_residual=math.inf if max_residual is None else float(max_residual),
@@ -326,25 +344,55 @@ def spectra_stage(
     try:
         paths = {"raw": raw_tif, "denoised": denoised_tif}
         files, kept = readout_pass(table, paths, stack_path, spool, st)
+        box_px = table["denoised_centre_px"].to_numpy(float)
         del table
-        dye = classify_localizations(kept.mle, kept.trusted, kept.denoised, n_dyes, seed)
+        anchor, anchored = anchor_denoised(kept, box_px, st)
+        denoised = anchored["fit_denoised_centre_nm"]
+        dye = classify_localizations(kept.mle, kept.trusted, denoised, n_dyes, seed)
         runs = kept.runs_table()
+        runs["fit_denoised_centre_nm"] = denoised[kept.in_run]
         mols = molecules(
             runs, stack_path, geometry, st.cal, st.camera, st.cfg, st.chunk_size, n_dyes, seed
         )
         precision = precision_by_signal(
             trusted_mle(runs), PRECISION_COLUMNS, int(section["signal_bins"])
         )
-        write_spectra(files, dye, spectra_csv)
+        write_spectra(files, anchored, dye, spectra_csv)
     finally:
         shutil.rmtree(spool, ignore_errors=True)
     write_csv(precision, precision_csv)
     write_csv(mols, molecules_csv)
-    return stage_summary(n, len(mols), st.cal, kept, precision)
+    return stage_summary(n, len(mols), st.cal, kept, precision, anchor)
+
+
+def anchor_denoised(
+    kept: _Kept, box_px: np.ndarray, st: StageSettings
+) -> tuple[DenoisedAnchor | None, dict[str, np.ndarray]]:
+    """The denoised fits' shift curve and error model on this acquisition's trusted
+    maximum-likelihood values (:func:`srsmlm.denoised.fit_anchor`) and the columns it gives."""
+    readout = {
+        "denoised_nm": kept.denoised,
+        "box_px": box_px,
+        "spread_nm": kept.spread,
+        "mle_nm": kept.mle,
+        "crlb_nm": kept.crlb,
+        "stratum": kept.stratum,
+    }
+    anchor = fit_anchor(readout, st.cal.nm_per_px, st.geometry.spectral_width, st.anchor)
+    if anchor is not None:
+        log.info(
+            "denoised fits anchored on the trusted maximum-likelihood values: %s", anchor.summary()
+        )
+    return anchor, anchor_columns(anchor, readout)
 
 
 def stage_summary(
-    n: int, n_molecules: int, cal: Calibration, kept: _Kept, precision: pd.DataFrame
+    n: int,
+    n_molecules: int,
+    cal: Calibration,
+    kept: _Kept,
+    precision: pd.DataFrame,
+    anchor: DenoisedAnchor | None = None,
 ) -> dict[str, Any]:
     """The stage's summary (logged): counts, calibration, MLE flags, median CRLB."""
     summary = {
@@ -354,6 +402,7 @@ def stage_summary(
         "mle_flags": dict(sorted(kept.flags.items(), key=lambda kv: -kv[1])),
         "median_sc_mle_crlb_nm": float(np.nanmedian(kept.crlb)) if n else None,
         "denoised_fits_rejected": kept.denoised_rejected,
+        "denoised_anchor": anchor.summary() if anchor is not None else None,
     }
     log.info(
         "spectra of %d localizations (%d molecules); calibration %.4f nm/px, %.2f nm at the "
