@@ -11,7 +11,7 @@ errors within 1x and 2x ``fit_denoised_err_nm``; the network's shift along the b
 patches; and the ratios of the denoised fit's median error and flagged RMSE to the raw fit's.
 
     python benchmarks/denoiser_generalisation.py --out /tmp/gen            # all pairs
-    python benchmarks/denoiser_generalisation.py --out /tmp/gen --pairs far_dyes --quick
+    python benchmarks/denoiser_generalisation.py --out /tmp/gen --pairs four_dyes --quick
 
 ``--quick`` shortens each acquisition and the training (a smoke run; its figures are no result).
 Each pair takes about the demo's time (15 min on 2 cores); reruns reuse finished outputs.
@@ -38,10 +38,10 @@ from srsmlm.simulate import SimulationParams, simulate_acquisition
 #: the applied acquisition's mean photons per localization); the training conditions may set
 #: the camera (both acquisitions of a pair share it: the readout has one camera)
 PAIRS: dict[str, tuple[int, dict, dict]] = {
-    "far_dyes": (
+    "four_dyes": (
         7,
-        {"dyes_nm": [575, 600, 630, 655]},
-        {"dyes_nm": [575, 600, 630, 655], "photons": 3000},
+        {"dyes_nm": [580, 600, 620, 640]},
+        {"dyes_nm": [580, 600, 620, 640], "photons": 3000},
     ),
     "dim_bright_bg": (
         11,

@@ -5,6 +5,7 @@ import pytest
 from srsmlm.evaluation import (
     bias_by_group,
     classification_accuracy,
+    err_coverage,
     error_stats,
     evaluate,
     match_truth,
@@ -146,3 +147,18 @@ def test_mle_quality_by_group_size():
     assert by[">=4"]["n"] == 2 and by[">=4"]["trusted_fraction"] == 0.5
     assert by["3"]["n"] == 0 and by["3"]["efficiency"] is None
     assert q["trusted_fraction"] == pytest.approx(5 / 6)
+
+
+def test_err_coverage_counts_errors_within_1x_and_2x_apart_for_trusted_and_flagged():
+    matched = pd.DataFrame(
+        {
+            "fit_denoised_centre_nm": [601.0, 601.5, 610.0, 600.5, np.nan, 600.0],
+            "fit_denoised_err_nm": [1.0, 1.0, 1.0, 1.0, 1.0, np.nan],
+            "sc_true_nm": [600.0] * 6,
+            "sc_mle_flag": [None, None, "dim", "crowded", None, None],
+        }
+    )
+    cov = err_coverage(matched)
+    assert cov["all"] == {"n": 4, "within_1x": 0.5, "within_2x": 0.75}
+    assert cov["trusted"] == {"n": 2, "within_1x": 0.5, "within_2x": 1.0}
+    assert cov["flagged"] == {"n": 2, "within_1x": 0.5, "within_2x": 0.5}
