@@ -218,6 +218,23 @@ def compiled_model(
     return model
 
 
+def tracked_callbacks(training: TrainingConfig) -> list[keras.callbacks.Callback]:
+    """Early stopping (best weights restored) and, for the ``plateau`` schedule,
+    ReduceLROnPlateau: the callbacks whose counters a backup keeps."""
+    early = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=training.patience, restore_best_weights=True, verbose=0
+    )
+    if training.schedule != "plateau":  # the optimizer's own schedule
+        return [early]
+    plateau = keras.callbacks.ReduceLROnPlateau(
+        monitor="val_loss",
+        factor=training.lr_factor,
+        patience=training.patience,
+        min_lr=training.min_lr,
+    )
+    return [early, plateau]
+
+
 def run_epochs(
     model: keras.Model,
     x: np.ndarray,
@@ -242,24 +259,11 @@ def run_epochs(
             log.info("the interrupted training had already finished")
             model.set_weights(backup.best_weights or backup.weights)
             return 0.0
-    early = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=training.patience, restore_best_weights=True, verbose=0
-    )
-    schedule: list[keras.callbacks.Callback] = []
-    if training.schedule == "plateau":  # else the optimizer's own schedule
-        schedule.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss",
-                factor=training.lr_factor,
-                patience=training.patience,
-                min_lr=training.min_lr,
-            )
-        )
-    checkpoint = EpochCheckpoint(checkpoint_dir / BACKUP, [early, *schedule], backup, fingerprint)
+    tracked = tracked_callbacks(training)
+    checkpoint = EpochCheckpoint(checkpoint_dir / BACKUP, tracked, backup, fingerprint)
     # order matters: the schedule, then the epoch's history row, then the commit
     callbacks = [
-        early,
-        *schedule,
+        *tracked,
         _EpochLog(checkpoint_dir / LIVE_HISTORY, len(fit_idx)),
         checkpoint,
         *extra_callbacks,
@@ -329,6 +333,30 @@ def training_metadata(
     }
 
 
+def save_outputs(
+    model: keras.Model,
+    history: pd.DataFrame,
+    meta: dict[str, Any],
+    model_path: str | Path,
+    meta_path: str | Path,
+    history_path: str | Path,
+) -> None:
+    """Write ``unet.keras``, ``history.csv`` and ``model.json`` (last), each atomically."""
+    with atomic_path(model_path) as tmp:  # the temporary name keeps the .keras suffix
+        model.save(tmp)
+    with atomic_path(history_path) as tmp:
+        history.to_csv(tmp, index=False)
+    write_json(meta, meta_path)
+    log.info(
+        "trained %d epochs in %.1f s (best epoch %d, val_loss %.5g); saved %s",
+        len(history),
+        meta["result"]["seconds_this_session"],
+        meta["result"]["best_epoch"],
+        meta["result"]["best_val_loss"],
+        model_path,
+    )
+
+
 def _as_json(obj: Any) -> Any:
     """``obj`` as it reads back from JSON (lists for tuples, Python numbers), for comparing."""
     return json.loads(
@@ -367,28 +395,14 @@ def train(
     model = compiled_model(geometry, model_config, training, steps)
     checkpoint_dir = Path(checkpoint_dir)
     fingerprint = _as_json(
-        {
-            "seed": seed,
-            "geometry": geometry.to_dict(),
-            "architecture": model_config.to_dict(),
-            "training": asdict(training),
-            "patches": [len(fit_idx), len(val_idx)],
-        }
+        {"seed": seed, "geometry": geometry.to_dict(), "architecture": model_config.to_dict()}
+        | {"training": asdict(training), "patches": [len(fit_idx), len(val_idx)]}
     )
     backup = resume_from(checkpoint_dir, fingerprint)
     seconds = run_epochs(
-        model,
-        x,
-        y,
-        fit_idx,
-        val_idx,
-        training,
-        seed,
-        checkpoint_dir,
-        backup,
-        fingerprint,
+        model, x, y, fit_idx, val_idx, training, seed, checkpoint_dir, backup, fingerprint,
         extra_callbacks or (),
-    )
+    )  # fmt: skip
     history = pd.read_csv(checkpoint_dir / LIVE_HISTORY)
     meta = training_metadata(
         model,
@@ -405,18 +419,6 @@ def train(
         resumed=backup is not None,
         device=device,
     )
-    with atomic_path(model_path) as tmp:  # the temporary name keeps the .keras suffix
-        model.save(tmp)
-    with atomic_path(history_path) as tmp:
-        history.to_csv(tmp, index=False)
-    write_json(meta, meta_path)
+    save_outputs(model, history, meta, model_path, meta_path, history_path)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    log.info(
-        "trained %d epochs in %.1f s (best epoch %d, val_loss %.5g); saved %s",
-        len(history),
-        seconds,
-        meta["result"]["best_epoch"],
-        meta["result"]["best_val_loss"],
-        model_path,
-    )
     return meta
