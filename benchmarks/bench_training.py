@@ -31,9 +31,10 @@ import keras  # noqa: E402
 from harness import section  # noqa: E402
 
 from srsmlm.dataset import group_split, save_npz  # noqa: E402
+from srsmlm.device import select_device  # noqa: E402
 from srsmlm.geometry import Geometry  # noqa: E402
 from srsmlm.model import ModelConfig, build_unet  # noqa: E402
-from srsmlm.training import TrainingConfig, select_device, train  # noqa: E402
+from srsmlm.training import TrainingConfig, train  # noqa: E402
 
 GEOMETRY = Geometry(16, 16, 48, 230)
 SEED = 1
@@ -162,6 +163,7 @@ def main() -> None:
     cfg = TrainingConfig.from_config(
         section(
             "training",
+            backend=keras.backend.backend(),
             epochs=args.epochs,
             batch_size=args.batch_size,
             validation_fraction=0.1,

@@ -1,8 +1,13 @@
 """Snakemake adapter: denoise every localization of one acquisition (srsmlm.inference)."""
 
-from srsmlm.geometry import Geometry
-from srsmlm.inference import denoise_acquisition
+from srsmlm.backend import use_backend
 from srsmlm.logs import run_step
+
+# Keras reads its backend when first imported: choose it before importing what imports Keras
+run_step(snakemake.log[0], use_backend, snakemake.params.backend)
+
+from srsmlm.geometry import Geometry  # noqa: E402
+from srsmlm.inference import denoise_acquisition  # noqa: E402
 
 run_step(
     snakemake.log[0],

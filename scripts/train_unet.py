@@ -1,9 +1,14 @@
 """Snakemake adapter: train the U-Net (srsmlm.training)."""
 
-from srsmlm.geometry import Geometry
+from srsmlm.backend import use_backend
 from srsmlm.logs import run_step
-from srsmlm.model import ModelConfig
-from srsmlm.training import TrainingConfig, train
+
+# Keras reads its backend when first imported: choose it before importing what imports Keras
+run_step(snakemake.log[0], use_backend, snakemake.params.backend)
+
+from srsmlm.geometry import Geometry  # noqa: E402
+from srsmlm.model import ModelConfig  # noqa: E402
+from srsmlm.training import TrainingConfig, train  # noqa: E402
 
 run_step(
     snakemake.log[0],

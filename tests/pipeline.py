@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# the Keras backend of the tiny runs: KERAS_BACKEND's, as the tests' own (CI runs two)
+BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 
 TINY_SIMULATION = {
     "acquisitions": {"tiny_a": 2500, "tiny_b": 5000},
@@ -28,7 +31,7 @@ def tiny_config() -> dict:
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     cfg["simulation"].update(TINY_SIMULATION)
     cfg["patches"]["background_patches"] = 20
-    cfg["training"].update({"epochs": 2, "batch_size": 32})
+    cfg["training"].update({"backend": BACKEND, "epochs": 4, "batch_size": 32})
     cfg["model"].update({"depth": 2, "base_filters": 4})
     cfg["inference"]["batch_size"] = 256
     return cfg

@@ -1,10 +1,12 @@
-"""Every environment the project describes installs exactly one TensorFlow distribution.
+"""Every environment the project describes installs exactly one deep-learning framework stack.
 
-``tensorflow``, ``tensorflow-cpu``, ``tensorflow-intel``, ``tf-nightly``... all write the same
-``tensorflow`` package: two of them in one environment overwrite each other's files. The
-environments are read from the files that describe them (the README's and ``.ci/run``'s
-``pip install`` of the project, ``envs/*.yaml``), statically first, then resolved by
-``pip install --dry-run`` (slow; needs PyPI, skipped when it is unreachable).
+The framework Keras runs on comes from one extra: ``cpu`` or ``gpu`` (TensorFlow), ``jax`` or
+``torch``. ``tensorflow``, ``tensorflow-cpu``, ``tensorflow-intel``, ``tf-nightly``... all write the
+same ``tensorflow`` package: two of them in one environment overwrite each other's files; and a
+second framework is gigabytes of CUDA libraries nobody uses. The environments are read from the
+files that describe them (the README's and ``.ci/run``'s ``pip install`` of the project,
+``envs/*.yaml``), statically first, then resolved by ``pip install --dry-run`` (slow; needs
+PyPI, skipped when it is unreachable). ``envs/cpu.yaml``, for the CPU stages only, has none.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ TF_DISTRIBUTIONS = {
     "tf-nightly-intel",
     "tf-nightly-macos",
 }
+# the distributions of the other stacks (jaxlib and torch carry the compiled framework)
+STACKS = {"jax": {"jax", "jaxlib"}, "torch": {"torch"}}
+EXTRA_STACK = {"cpu": "tensorflow", "gpu": "tensorflow", "jax": "jax", "torch": "torch"}
+CPU_STAGE_ENVS = {"envs/cpu.yaml"}  # conda environment of the CPU rules: no framework
 PIP_INSTALL = re.compile(r"pip install\s[^`\n&;|]*")
 PROJECT_ARG = re.compile(r"(\.{1,2})(?:\[([^\]]*)\])?")  # `.`, `.[cpu,test]`, `..[gpu]`
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -111,8 +117,9 @@ def readme_environments() -> list[Environment]:
     return found
 
 
-def ci_environment() -> Environment:
-    """The single install of the project in ``.ci/run``."""
+def ci_environments() -> list[Environment]:
+    """The installs of the project in ``.ci/run``: the README's test command, then the JAX
+    step's."""
     lines = [
         line.strip()
         for line in (REPO / ".ci/run").read_text().splitlines()
@@ -122,9 +129,7 @@ def ci_environment() -> Environment:
         Environment(".ci/run", _pip_args(PIP_INSTALL.search(line).group(0).strip()))
         for line in lines
     ]
-    envs = [e for e in envs if _installs_project(e.pip_args, REPO)]
-    assert len(envs) == 1, f".ci/run should install the project once, found {len(envs)}"
-    return envs[0]
+    return [e for e in envs if _installs_project(e.pip_args, REPO)]
 
 
 def conda_environments() -> list[Environment]:
@@ -146,7 +151,7 @@ def conda_environments() -> list[Environment]:
 
 
 def all_environments() -> list[Environment]:
-    return [*readme_environments(), ci_environment(), *conda_environments()]
+    return [*readme_environments(), *ci_environments(), *conda_environments()]
 
 
 def distinct_environments() -> list[Environment]:
@@ -164,23 +169,41 @@ def pyproject() -> dict:
     return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 
 
-def tf_requirements(requirements: list[str], platform: dict[str, str]) -> list[str]:
-    """The TensorFlow distributions these requirements ask for on a platform."""
+def tf_requirements(
+    requirements: list[str], platform: dict[str, str], names: set[str] = TF_DISTRIBUTIONS
+) -> list[str]:
+    """The TensorFlow distributions (or others of ``names``) these requirements ask for on a
+    platform."""
     env = {**default_environment(), **platform, "extra": ""}
     return [
         canonical(r.name)
         for r in map(Requirement, requirements)
-        if canonical(r.name) in TF_DISTRIBUTIONS and (r.marker is None or r.marker.evaluate(env))
+        if canonical(r.name) in names and (r.marker is None or r.marker.evaluate(env))
     ]
+
+
+def stacks_named(requirements: list[str], platform: dict[str, str]) -> set[str]:
+    """The framework stacks these requirements ask for on a platform."""
+    found = {"tensorflow"} if tf_requirements(requirements, platform) else set()
+    return found | {k for k, v in STACKS.items() if tf_requirements(requirements, platform, v)}
 
 
 # ----------------------------------------------------------------------------- static checks
 
 
-def test_base_dependencies_leave_tensorflow_to_the_extras():
-    assert tf_requirements(pyproject()["dependencies"], PLATFORMS["linux-x86_64"]) == []
-    for extra in ("cpu", "gpu"):
+def test_base_dependencies_leave_the_framework_to_the_extras():
+    for platform in PLATFORMS.values():
+        assert stacks_named(pyproject()["dependencies"], platform) == set()
+    for extra in EXTRA_STACK:
         assert extra in pyproject()["optional-dependencies"], f"no `{extra}` extra"
+
+
+@pytest.mark.parametrize("platform", sorted(PLATFORMS))
+def test_each_extra_names_one_framework_stack(platform):
+    extras = pyproject()["optional-dependencies"]
+    for extra, requirements in extras.items():
+        want = {EXTRA_STACK[extra]} if extra in EXTRA_STACK else set()
+        assert stacks_named(requirements, PLATFORMS[platform]) == want, extra
 
 
 @pytest.mark.parametrize("platform", sorted(PLATFORMS))
@@ -188,25 +211,44 @@ def test_base_dependencies_leave_tensorflow_to_the_extras():
 def test_each_tensorflow_extra_names_one_distribution_per_platform(extra, platform):
     extras = pyproject()["optional-dependencies"]
     assert len(tf_requirements(extras[extra], PLATFORMS[platform])) == 1
-    others = [e for e in extras if e not in ("cpu", "gpu")]  # e.g. `test` must not add one
+    others = [e for e in extras if e not in ("cpu", "gpu")]  # e.g. `test`, `jax` must not add one
     for other in others:
         assert tf_requirements(extras[other], PLATFORMS[platform]) == [], other
 
 
-def test_the_described_environments_pick_exactly_one_tensorflow_extra():
+def wanted_stacks(env: Environment) -> int:
+    """How many framework stacks ``env`` must hold: none for the CPU stages' environment."""
+    return 0 if env.label in CPU_STAGE_ENVS else 1
+
+
+def test_the_described_environments_pick_exactly_one_framework_extra():
     envs = all_environments()
-    assert {"cpu", "gpu"} <= set().union(*(e.project_extras() for e in envs))
+    assert set(EXTRA_STACK) <= set().union(*(e.project_extras() for e in envs))
     for env in envs:
-        assert len(env.project_extras() & {"cpu", "gpu"}) == 1, env.label
-        extra_tf = [n for n in env.requirement_names() if n in TF_DISTRIBUTIONS]
-        assert not extra_tf, f"{env.label} adds TensorFlow beside the project's extra: {extra_tf}"
+        assert len(env.project_extras() & set(EXTRA_STACK)) == wanted_stacks(env), env.label
+        frameworks = TF_DISTRIBUTIONS | STACKS["torch"]
+        named = [n for n in env.requirement_names() if n in frameworks]
+        assert not named, f"{env.label} adds a framework beside the project's extra: {named}"
+        if "jax" in env.requirement_names():  # only JAX's own CUDA plugin, beside its extra
+            assert "jax" in env.project_extras(), env.label
 
 
-def test_ci_installs_the_readme_test_command():
+def test_each_backend_has_its_conda_environment():
+    backends = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    backends = backends["properties"]["training"]["properties"]["backend"]["enum"]
+    envs = {e.label: e.project_extras() for e in conda_environments()}
+    for backend in backends:
+        extras = envs[f"envs/{backend}.yaml"]
+        assert {EXTRA_STACK[x] for x in extras & set(EXTRA_STACK)} == {backend}
+    rules = (REPO / "workflow/rules/train.smk").read_text()
+    assert "cpu.yaml" not in rules and rules.count("conda:") == rules.count("backend_env()")
+
+
+def test_ci_installs_the_readme_test_command_then_a_jax_one():
     readme = {tuple(e.pip_args) for e in readme_environments()}
-    ci = ci_environment()
-    assert tuple(ci.pip_args) in readme
-    assert "test" in ci.project_extras()
+    tf, jax = ci_environments()
+    assert tuple(tf.pip_args) in readme
+    assert "test" in tf.project_extras() and {"jax", "test"} == jax.project_extras()
 
 
 # ----------------------------------------------------------------------- resolved by pip
@@ -221,9 +263,10 @@ def _pypi_reachable() -> str | None:
         return str(exc)
 
 
-def resolved_tensorflow(env: Environment, tmp_path: Path) -> list[str]:
+def resolved_frameworks(env: Environment, tmp_path: Path) -> list[str]:
     """The TensorFlow distributions ``pip install --dry-run`` would install (meta-packages
-    that only pull another TensorFlow distribution, as ``tensorflow`` on Windows, excluded)."""
+    that only pull another TensorFlow distribution, as ``tensorflow`` on Windows, excluded),
+    and ``jaxlib`` and ``torch`` if it would install them."""
     report = tmp_path / "report.json"
     cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed"]
     cmd += ["--report", str(report), "--quiet", *env.pip_args]
@@ -240,8 +283,9 @@ def resolved_tensorflow(env: Environment, tmp_path: Path) -> list[str]:
     assert run.returncode == 0, f"{shlex.join(cmd)} failed:\n{run.stderr[-3000:]}"
     installed = json.loads(report.read_text())["install"]
     environment = json.loads(report.read_text())["environment"]
-    tf = {canonical(i["metadata"]["name"]): i["metadata"] for i in installed}
-    tf = {k: v for k, v in tf.items() if k in TF_DISTRIBUTIONS}
+    names = {canonical(i["metadata"]["name"]): i["metadata"] for i in installed}
+    tf = {k: v for k, v in names.items() if k in TF_DISTRIBUTIONS}
+    others = sorted(set(names) & {"jaxlib", "torch"})
 
     def wraps_another(meta: dict) -> bool:
         reqs = map(Requirement, meta.get("requires_dist") or [])
@@ -251,17 +295,17 @@ def resolved_tensorflow(env: Environment, tmp_path: Path) -> list[str]:
             for r in reqs
         )
 
-    return sorted(name for name, meta in tf.items() if not wraps_another(meta))
+    return sorted(name for name, meta in tf.items() if not wraps_another(meta)) + others
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("env", distinct_environments(), ids=lambda e: e.label)
-def test_environment_resolves_to_exactly_one_tensorflow(env, tmp_path):
+def test_environment_resolves_to_exactly_one_framework(env, tmp_path):
     why = _pypi_reachable()
     if why:
         pytest.skip(f"PyPI unreachable ({why}): cannot resolve {env.label}")
     python = [p for p in env.conda_packages if re.fullmatch(r"python\s*=+\s*[\d.]+", p)]
     if python and python[0].split("=")[-1] != f"{sys.version_info[0]}.{sys.version_info[1]}":
         pytest.skip(f"{env.label} pins {python[0]}; this is Python {sys.version.split()[0]}")
-    found = resolved_tensorflow(env, tmp_path)
-    assert len(found) == 1, f"{env.label} would install {found or 'no'} TensorFlow"
+    found = resolved_frameworks(env, tmp_path)
+    assert len(found) == wanted_stacks(env), f"{env.label} would install {found or 'no'} framework"

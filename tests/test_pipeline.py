@@ -10,7 +10,12 @@ import pytest
 from srsmlm.mle import FLAGS
 from srsmlm.readout import MLE_COLUMNS
 
-from .pipeline import make_workdir, snakemake, tiny_config, write_config
+from .pipeline import BACKEND, make_workdir, snakemake, tiny_config, write_config
+
+# The best validation loss (MSE) the tiny run's 4 epochs must reach under every backend: below
+# predicting zeros (0.033 on its patches); TensorFlow and JAX reach 0.022-0.024 on 2 CPU cores.
+TINY_VAL_LOSS_MAX = 0.03
+OTHER_BACKEND = "torch" if BACKEND != "torch" else "jax"
 
 
 def test_pipeline_outputs(tiny_run):
@@ -81,6 +86,15 @@ def test_pipeline_outputs(tiny_run):
     sizes = [row["group_size"] for row in metrics["mle"]["by_group_size"]]
     assert sizes == ["1", "2", "3", ">=4"] and (spectra["group_size"] >= 1).all()
     assert not (wd / "results/tiny_b/spectra.csv").exists()  # role train only
+
+
+def test_training_reaches_the_validation_loss_on_its_backend(tiny_run):
+    meta = json.loads((tiny_run / "results/model/model.json").read_text())
+    assert meta["backend"] == BACKEND
+    history = pd.read_csv(tiny_run / "results/model/history.csv")
+    assert history["val_loss"].min() == pytest.approx(meta["result"]["best_val_loss"])
+    assert meta["result"]["best_val_loss"] <= TINY_VAL_LOSS_MAX
+    assert f"Keras backend {BACKEND}" in (tiny_run / "logs/train_unet.log").read_text()
 
 
 def test_nothing_to_do_after_a_run(tiny_run):
@@ -154,6 +168,13 @@ def _planned_jobs(workdir) -> dict[str, int]:
                 "extract_patches",
                 "build_dataset",
             },
+        ),
+        (  # the other framework: training and everything after it
+            "training",
+            "backend",
+            OTHER_BACKEND,
+            {"train_unet", "evaluate_test", "denoise_acquisition", "spectra", "plot_report"},
+            {"simulate", "extract_patches", "build_dataset"},
         ),
         (
             "spectra",

@@ -8,30 +8,24 @@ from srsmlm.dataset import save_npz
 from srsmlm.geometry import Geometry
 
 keras = pytest.importorskip("keras")
+from srsmlm.backend import DISTRIBUTIONS  # noqa: E402
+from srsmlm.batches import PatchBatches, epoch_flips, epoch_order  # noqa: E402
+from srsmlm.checkpoint import completed_epochs, read_backup  # noqa: E402
+from srsmlm.errors import InputError  # noqa: E402
 from srsmlm.model import ModelConfig  # noqa: E402
-from srsmlm.training import (  # noqa: E402
-    TrainingConfig,
-    compiled_model,
-    completed_epochs,
-    epoch_flips,
-    epoch_order,
-    learning_rate,
-    make_dataset,
-    read_backup,
-    train,
-)
+from srsmlm.training import TrainingConfig, compiled_model, learning_rate, train  # noqa: E402
 
 from .conftest import section  # noqa: E402
 
-pytestmark = pytest.mark.tf
+BACKEND = keras.backend.backend()  # KERAS_BACKEND selects it (CI runs these under two)
 
 G = Geometry(16, 16, 48, 230)
 TINY = ModelConfig.from_config(section("model", depth=2, base_filters=4, kernel_size=3))
 
 
 def training_config(**overrides) -> TrainingConfig:
-    """The configured ``training:`` section with ``overrides``."""
-    return TrainingConfig.from_config(section("training", **overrides))
+    """The configured ``training:`` section with ``overrides``, on the backend Keras runs on."""
+    return TrainingConfig.from_config(section("training", **{"backend": BACKEND, **overrides}))
 
 
 def tiny_data(tmp_path, n=96):
@@ -94,7 +88,9 @@ def test_tiny_training_writes_model_metadata_history(tmp_path):
     assert saved["architecture"] == TINY.to_dict()
     assert saved["training"]["epochs"] == 2 and saved["normalisation"] == {"input_divisor": 65536}
     assert saved["data"]["train_patches"] + saved["data"]["validation_patches"] == 96
-    assert {"tensorflow", "keras", "numpy"} <= set(saved["versions"])
+    assert saved["backend"] == BACKEND
+    assert {"keras", "numpy"} <= set(saved["versions"])
+    assert set(DISTRIBUTIONS[BACKEND]) & set(saved["versions"])  # the framework trained with
     hist = pd.read_csv(o / "history.csv")
     assert hist["epoch"].tolist() == [0, 1]
     assert {"loss", "val_loss", "learning_rate", "patches_per_s"} <= set(hist.columns)
@@ -116,18 +112,19 @@ class Interrupt(keras.callbacks.Callback):
 
 @pytest.mark.parametrize("schedule", ["cosine", pytest.param("plateau", marks=pytest.mark.slow)])
 def test_resume_after_interruption_continues_epoch_count(tmp_path, schedule):
+    # patience 2: early stopping cannot end it before epoch 3, on any backend's round-off
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, "r", epochs=4, callbacks=[Interrupt(2)], patience=1, schedule=schedule)
+        run(tmp_path, "r", epochs=4, callbacks=[Interrupt(2)], patience=2, schedule=schedule)
     o = tmp_path / "r"
     assert not (o / "unet.keras").exists()
     assert len(pd.read_csv(o / "checkpoint" / "history.csv")) == 2
-    meta = run(tmp_path, "r", epochs=4, patience=1, schedule=schedule)
+    meta = run(tmp_path, "r", epochs=4, patience=2, schedule=schedule)
     hist = pd.read_csv(o / "history.csv")
-    # continued after epoch 2 (patience 1 may stop it early, as it would the uninterrupted one)
+    # continued after epoch 2 (patience 2 may stop it early, as it would the uninterrupted one)
     assert hist["epoch"].tolist() == list(range(len(hist))) and len(hist) > 2
     assert meta["result"]["resumed"] is True and meta["result"]["epochs_run"] == len(hist)
     # the resumed training equals the uninterrupted one: same batches, LR schedule and weights
-    run(tmp_path, "u", epochs=4, patience=1, schedule=schedule)
+    run(tmp_path, "u", epochs=4, patience=2, schedule=schedule)
     ref = pd.read_csv(tmp_path / "u" / "history.csv")
     np.testing.assert_array_equal(
         hist[["loss", "val_loss", "learning_rate"]], ref[["loss", "val_loss", "learning_rate"]]
@@ -185,47 +182,70 @@ def test_epoch_order_is_a_seeded_permutation_per_epoch():
     assert not np.array_equal(a, epoch_order(50, 8, 0))
 
 
-def test_make_dataset_batches_each_epoch_in_its_order():
+def epochs_of(batches: PatchBatches, n_epochs: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (x, y) batches of ``n_epochs`` epochs, as Keras's fit loop asks for them."""
+    out = []
+    for _ in range(n_epochs):
+        batches.on_epoch_begin()
+        out += [batches[i] for i in range(len(batches))]
+        batches.on_epoch_end()
+    return out
+
+
+def test_batches_of_each_epoch_come_in_its_order():
     x = np.arange(10, dtype=np.float32)[:, None]
-    batches = [b[0].numpy()[:, 0] for b in make_dataset(x, x, 4, seed=5, epochs=(1, 3))]
+    batches = [b[0][:, 0] for b in epochs_of(PatchBatches(x, x, 4, seed=5, first_epoch=1), 2)]
     assert [len(b) for b in batches] == [4, 4, 2, 4, 4, 2]  # no batch spans two epochs
     np.testing.assert_array_equal(np.concatenate(batches[:3]), epoch_order(10, 5, 1))
     np.testing.assert_array_equal(np.concatenate(batches[3:]), epoch_order(10, 5, 2))
-    plain = np.concatenate([b[0].numpy()[:, 0] for b in make_dataset(x, x, 4)])
+    plain = np.concatenate([b[0][:, 0] for b in epochs_of(PatchBatches(x, x, 4), 1)])
     np.testing.assert_array_equal(plain, np.arange(10))
+    with pytest.raises(IndexError):
+        PatchBatches(x, x, 4)[3]
 
 
-def test_make_dataset_flips_rows_of_input_and_target_alike_per_seed_and_epoch():
+def test_batches_flip_rows_of_input_and_target_alike_per_seed_and_epoch():
     n = 12
     x = np.arange(n * 4 * 3, dtype=np.float32).reshape(n, 4, 3, 1)  # rows 0..3 distinct
     y = 2 * x
-    plain = list(make_dataset(x, y, 5, seed=3, epochs=(0, 2)))
-    flipped = list(make_dataset(x, y, 5, seed=3, epochs=(0, 2), flip_rows=True))
-    got_x = np.concatenate([b[0].numpy() for b in flipped])
-    got_y = np.concatenate([b[1].numpy() for b in flipped])
-    want = np.concatenate([b[0].numpy() for b in plain])
+    plain = epochs_of(PatchBatches(x, y, 5, seed=3, first_epoch=0), 2)
+    flipped = epochs_of(PatchBatches(x, y, 5, seed=3, first_epoch=0, flip_rows=True), 2)
+    got_x = np.concatenate([b[0] for b in flipped])
+    got_y = np.concatenate([b[1] for b in flipped])
+    want = np.concatenate([b[0] for b in plain])
     flips = np.concatenate([epoch_flips(n, 3, e) for e in (0, 1)])
     assert 0 < flips.sum() < len(flips)
     np.testing.assert_array_equal(got_x[~flips], want[~flips])
     np.testing.assert_array_equal(got_x[flips], want[flips][:, ::-1])
     np.testing.assert_array_equal(got_y, 2 * got_x)  # the target mirrored with its input
     assert not np.array_equal(epoch_flips(n, 3, 0), epoch_flips(n, 3, 1))
-    # validation (no epochs) is never flipped
-    val = np.concatenate([b[0].numpy() for b in make_dataset(x, y, 5, flip_rows=True)])
-    np.testing.assert_array_equal(val, x)
+    np.testing.assert_array_equal(x, np.arange(n * 4 * 3).reshape(n, 4, 3, 1))  # left intact
+    # validation (no first epoch) is never flipped
+    val = np.concatenate([b[0] for b in epochs_of(PatchBatches(x, y, 5, flip_rows=True), 2)])
+    np.testing.assert_array_equal(val, np.concatenate([x, x]))
 
 
-def test_make_dataset_gathers_the_given_rows_without_copying_them():
+def test_batches_take_the_given_rows():
     x = np.arange(20, dtype=np.float32)[:, None]
     rows = np.array([3, 5, 7, 11, 13, 17, 19])
-    batches = [b for b in make_dataset(x, 2 * x, 3, seed=2, epochs=(0, 2), rows=rows)]
+    batches = epochs_of(PatchBatches(x, 2 * x, 3, rows=rows, seed=2, first_epoch=0), 2)
     assert [len(b[0]) for b in batches] == [3, 3, 1, 3, 3, 1]
-    got = np.concatenate([b[0].numpy()[:, 0] for b in batches])
+    got = np.concatenate([b[0][:, 0] for b in batches])
     want = np.concatenate([rows[epoch_order(7, 2, e)] for e in (0, 1)])
     np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(np.concatenate([b[1].numpy()[:, 0] for b in batches]), 2 * want)
-    val = np.concatenate([b[0].numpy()[:, 0] for b in make_dataset(x, x, 4, rows=rows[::-1])])
+    np.testing.assert_array_equal(np.concatenate([b[1][:, 0] for b in batches]), 2 * want)
+    val = np.concatenate([b[0][:, 0] for b in epochs_of(PatchBatches(x, x, 4, rows=rows[::-1]), 1)])
     np.testing.assert_array_equal(val, rows[::-1])
+
+
+def test_training_refuses_a_backend_keras_does_not_run_on(tmp_path):
+    other = next(b for b in ("jax", "tensorflow") if b != BACKEND)
+    npz, index = tiny_data(tmp_path)
+    with pytest.raises(InputError, match=f"training.backend is {other} but Keras runs on"):
+        train(
+            npz, index, G, TINY, training_config(backend=other), {}, 1,
+            tmp_path / "u.keras", tmp_path / "m.json", tmp_path / "h.csv", tmp_path / "c",
+        )  # fmt: skip
 
 
 @pytest.mark.slow

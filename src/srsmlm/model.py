@@ -1,4 +1,4 @@
-"""The U-Net of the guide, built for any geometry and depth (Keras 3 on TensorFlow).
+"""The U-Net of the guide, built for any geometry and depth (Keras 3, on any of its backends).
 
 Depth 3, 16 base filters, 6x6 kernels and a sigmoid output reproduce the guide: encoder levels of
 16/32/64 filters, each a convolution and a stride-2 convolution with LeakyReLU(0.2) and batch

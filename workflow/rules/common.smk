@@ -106,3 +106,8 @@ def normalisation():
 def evaluation_metrics():
     """The ground-truth evaluation, when any applied acquisition is simulated."""
     return ["results/evaluation/metrics.json"] if EVALUATED else []
+
+
+def backend_env():
+    """The conda environment of the training and inference rules: that of training.backend."""
+    return f"../../envs/{config['training']['backend']}.yaml"

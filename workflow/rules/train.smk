@@ -11,12 +11,13 @@ rule train_unet:
     benchmark:
         "benchmarks/train_unet.tsv"
     conda:
-        "../../envs/tensorflow.yaml"
+        backend_env()
     threads: 2
     resources:
         gpu=1,
         mem_mb=8000,
     params:
+        backend=config["training"]["backend"],
         geometry=config["geometry"],
         model=config["model"],
         training=config["training"],
@@ -40,12 +41,13 @@ rule evaluate_test:
     benchmark:
         "benchmarks/evaluate_test.tsv"
     conda:
-        "../../envs/tensorflow.yaml"
+        backend_env()
     threads: 2
     resources:
         gpu=1,
         mem_mb=4000,
     params:
+        backend=config["training"]["backend"],
         geometry=config["geometry"],
         batch_size=config["inference"]["batch_size"],
         nm_per_px=config["spectra"]["nm_per_px"],
@@ -69,12 +71,13 @@ rule denoise_acquisition:
     benchmark:
         "benchmarks/{acquisition}/denoise_acquisition.tsv"
     conda:
-        "../../envs/tensorflow.yaml"
+        backend_env()
     threads: 2
     resources:
         gpu=1,
         mem_mb=4000,
     params:
+        backend=config["training"]["backend"],
         geometry=config["geometry"],
         batch_size=config["inference"]["batch_size"],
         chunk_size=config["patches"]["chunk_size"],
