@@ -9,6 +9,9 @@ if [ "$action" = stop ]; then
     [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
   done
   pkill -x munged 2>/dev/null || true
+  # no configuration is left behind: with one naming a stopped controller, the SLURM executor
+  # plugin's probes (scontrol, sacct) make every later snakemake call wait ~9 s
+  rm -f "$conf"
   exit 0
 fi
 if ! command -v slurmctld >/dev/null 2>&1; then
