@@ -11,6 +11,7 @@ import pandas as pd
 from sklearn.cluster import DBSCAN
 
 from .errors import InputError
+from .io import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,6 @@ def cluster_stage(
     loc_path: str | Path, eps: float, min_samples: int, min_run_length: int, out_path: str | Path
 ) -> dict[str, int]:
     """Read ``localizations.csv``, cluster, write ``clusters.csv``; fail if no run is kept."""
-    from .io import write_csv
 
     df = pd.read_csv(loc_path)
     kept, counts = cluster_localizations(df, eps, min_samples, min_run_length)

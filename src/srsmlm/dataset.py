@@ -14,7 +14,7 @@ import tifffile
 from sklearn.model_selection import GroupShuffleSplit
 
 from .errors import InputError
-from .io import atomic_path
+from .io import atomic_path, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,6 @@ def build_dataset(
     save_npz(test_npz, X=x[test], Y=y[test])
     meta["split"] = "train"
     meta.loc[test, "split"] = "test"
-    from .io import write_csv
 
     write_csv(
         meta[["acquisition", "index_in_acquisition", "cluster", "frame", "kind", "split"]],

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .io import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -707,7 +708,6 @@ def filter_stage(
     Returns the filter counts (:func:`filter_localizations`) plus ``pixel_size_nm`` (nm, the
     value used) and ``calibration`` (PeakFit's camera values, :func:`read_calibration`).
     """
-    from .io import write_csv
 
     df, info = read_table(table_path, fmt, pixel_size_nm)
     kept, counts = filter_localizations(df, min_signal, x_range, y_range)

@@ -36,7 +36,7 @@ from typing import Any
 
 import numba
 import numpy as np
-from scipy.special import chdtrc
+from scipy.special import chdtrc, ndtr
 
 _SQRT2 = math.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -455,8 +455,6 @@ def box_model(
     shared: np.ndarray, local: np.ndarray, shape: tuple[int, int], sigma_y: float
 ) -> np.ndarray:
     """Expected photons per px (K, H, W) for per-box (N, y0, b) and shared or per-box (l0, s)."""
-    from scipy.special import ndtr
-
     shared = np.broadcast_to(np.atleast_2d(shared), (len(local), 2))
     h, w = shape
 
