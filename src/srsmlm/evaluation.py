@@ -108,12 +108,17 @@ def classification_accuracy(predicted: np.ndarray, true: np.ndarray) -> float:
     return float(conf[rows, cols].sum() / len(p))
 
 
+def _trusted(matched: pd.DataFrame) -> np.ndarray:
+    """Whether each localization's maximum-likelihood value is trusted (no flag)."""
+    return matched["sc_mle_flag"].fillna("").to_numpy() == ""
+
+
 def _estimator_errors(matched: pd.DataFrame, est: str, col: str) -> tuple[np.ndarray, np.ndarray]:
     """Errors (nm) of one estimator and the rows they belong to (a boolean mask): trusted fits
     only for ``raw_mle_trusted``, every localization for the others."""
     rows = np.ones(len(matched), dtype=bool)
     if est == "raw_mle_trusted":
-        rows = matched["sc_mle_flag"].fillna("").to_numpy() == ""
+        rows = _trusted(matched)
     return (matched[col] - matched["sc_true_nm"]).to_numpy()[rows], rows
 
 
@@ -153,7 +158,7 @@ def mle_quality(
     flag = all_rows["sc_mle_flag"].fillna("")
     fractions = {"any": float((flag != "").mean()) if len(flag) else float("nan")}
     fractions |= {f: float((flag == f).mean()) if len(flag) else float("nan") for f in FLAGS}
-    trusted = (matched["sc_mle_flag"].fillna("") == "").to_numpy()
+    trusted = _trusted(matched)
     err = (matched["sc_mle_nm"] - matched["sc_true_nm"]).to_numpy()
     crlb = matched["sc_mle_crlb_nm"].to_numpy()
     ok = trusted & np.isfinite(err) & np.isfinite(crlb)
@@ -403,7 +408,7 @@ def err_coverage(matched: pd.DataFrame) -> dict[str, dict[str, float]]:
     err = (matched[ESTIMATORS["denoised_gaussian_fit"]] - matched["sc_true_nm"]).to_numpy()
     bound = matched["fit_denoised_err_nm"].to_numpy(float)
     has = np.isfinite(err) & np.isfinite(bound)
-    trusted = matched["sc_mle_flag"].fillna("").eq("").to_numpy()
+    trusted = _trusted(matched)
     out = {}
     for name, sel in (("all", has), ("trusted", has & trusted), ("flagged", has & ~trusted)):
         ratio = np.abs(err[sel]) / bound[sel]

@@ -165,7 +165,6 @@ class _Kept:
     molecules and the precision read them, after the readout pass)."""
 
     mle: np.ndarray
-    trusted: np.ndarray
     stratum: np.ndarray
     denoised: np.ndarray
     spread: np.ndarray
@@ -178,13 +177,17 @@ class _Kept:
 
     @classmethod
     def empty(cls, n: int, max_residual: float) -> _Kept:
-        empty = (np.empty(n), np.empty(n, bool), np.empty(n, np.int8), np.empty(n), np.empty(n))
-        return cls(*empty, np.empty(n, bool), np.empty(n), max_residual)
+        mle, stratum, denoised, spread = np.empty(n), np.empty(n, np.int8), np.empty(n), np.empty(n)
+        return cls(mle, stratum, denoised, spread, np.empty(n, bool), np.empty(n), max_residual)
+
+    @property
+    def trusted(self) -> np.ndarray:
+        """Whether each maximum-likelihood value is trusted (no flag)."""
+        return self.stratum == 0
 
     def add(self, sl: slice, out: pd.DataFrame, extra: pd.DataFrame, runs_file: Path) -> None:
         flag = out["sc_mle_flag"].fillna("")
         self.mle[sl] = out["sc_mle_nm"].to_numpy()
-        self.trusted[sl] = (flag == "").to_numpy()
         self.stratum[sl] = strata(flag.to_numpy())
         self.denoised[sl] = out["fit_denoised_centre_nm"].to_numpy()
         self.spread[sl] = out["fit_denoised_spread_nm"].to_numpy()
