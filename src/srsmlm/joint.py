@@ -166,9 +166,9 @@ def _fit_region(x, theta, c, lo, hi, sy, gamma, ef, fix_s, max_iter, tol):  # pr
 
 @numba.njit(cache=True, nogil=True)
 def _centre_variances(info, fix_s, p, var, rho):  # pragma: no cover - compiled
-    """``[I^-1]_{l_k,l_k}`` of every emitter (inf where the information is singular) and the
-    largest correlation of its centre with another emitter's parameters (``rho``: near 1 where
-    the two spectra cannot be told apart)."""
+    """``[I^-1]`` of every emitter's centre, photons and row (``var[k]``: l, N, y; inf where the
+    information is singular) and the largest correlation of its centre with another emitter's
+    parameters (``rho``: near 1 where the two spectra cannot be told apart)."""
     n_em = (p - 1) // 4
     inv = np.empty((p, p))
     lhs, rhs, sol = np.empty((p, p)), np.empty(p), np.empty(p)
@@ -189,10 +189,12 @@ def _centre_variances(info, fix_s, p, var, rho):  # pragma: no cover - compiled
         for a in range(p):
             inv[a, col] = sol[a]
     for k in range(n_em):
+        for slot, q in enumerate((2 + 4 * k, 1 + 4 * k, 4 + 4 * k)):
+            v = inv[q, q]
+            var[k, slot] = v if ok and v > 0 and np.isfinite(v) else np.inf
         a = 2 + 4 * k
         v = inv[a, a]
-        var[k] = v if ok and v > 0 and np.isfinite(v) else np.inf
-        rho[k] = 1.0 if not np.isfinite(var[k]) else 0.0
+        rho[k] = 1.0 if not np.isfinite(var[k, 0]) else 0.0
         for q in range(1, p):
             if (q - 1) // 4 == k or not inv[q, q] > 0:
                 continue
@@ -244,7 +246,8 @@ def fit_groups(
     ``y`` is bounded to ``start y +- y_band``, ``l`` to ``l_bounds`` (px of the emitter's own
     box: a spectrum is looked for where its own readout would see it). Returns per group ``loglik``, ``deviance``,
     ``dof``, ``p_fit``, ``iterations``, ``converged``, ``b``; per emitter ``N``, ``l0``, ``s``,
-    ``y0``, ``var_l0`` (CRLB, px^2) and ``rho``, the largest correlation of the centre with
+    ``y0``, ``var_l0`` (CRLB, px^2), ``var_N`` and ``var_y0`` (the bounds of the photons and
+    the row) and ``rho``, the largest correlation of the centre with
     another emitter's parameters.
     """
     data = np.maximum(np.ascontiguousarray(data, dtype=np.float64), -camera.gamma)
@@ -256,7 +259,7 @@ def fit_groups(
     theta, lo, hi = _packed_start(start, starts, sizes, width, y_band, l_bounds, settings)
     ll, dev = np.empty(n_groups), np.empty(n_groups)
     iters, conv = np.zeros(n_groups, np.int64), np.zeros(n_groups, np.bool_)
-    var, rho = np.empty(len(cols)), np.empty(len(cols))
+    var, rho = np.empty((len(cols), 3)), np.empty(len(cols))
     fix_s = settings.fixed_s is not None
     _in_threads(
         _fit_regions, starts, settings.threads, data, regions, starts, theta, cols, lo, hi,
@@ -266,7 +269,9 @@ def fit_groups(
     emitters = _unpack(theta, starts, sizes)
     dof = regions[:, 2] * regions[:, 3] - (1 + sizes * (3 if fix_s else 4))
     return emitters | {
-        "var_l0": var,
+        "var_l0": var[:, 0].copy(),
+        "var_N": var[:, 1].copy(),
+        "var_y0": var[:, 2].copy(),
         "rho": rho,
         "loglik": ll,
         "deviance": dev,

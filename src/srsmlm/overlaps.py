@@ -17,6 +17,7 @@ from scipy.sparse.csgraph import connected_components
 from .calibration import Calibration
 from .geometry import Geometry
 from .joint import fit_groups
+from .labelling import resolve_labelling
 from .mle import Camera
 from .readout import (
     ReadoutConfig,
@@ -79,21 +80,28 @@ def joint_readout(
     (``table`` holds whole groups, consecutive, in a ``group`` column): each group fitted
     jointly in the region covering its members' readout boxes (:func:`srsmlm.joint.fit_groups`),
     started from the single fits; a group whose joint fit fails keeps its single fits, flagged
-    ``crowded``. Flags are judged per emitter from the joint fit, ``bad_fit`` by the group's
-    deviance test. Adds ``group_size``."""
+    ``crowded``. Members closer than ``min_row_separation`` in y have their spectra assigned by
+    rows and photons (:func:`srsmlm.labelling.resolve_labelling`; ambiguous: ``crowded``).
+    Flags are judged per emitter from the joint fit, ``bad_fit`` by the group's deviance test.
+    Adds ``group_size``."""
     boxes = gather_photons(stack, table, g, cfg, camera)
     single = fit_readout(boxes, table.assign(crowded=True), g, cal, camera, cfg)
     groups = table["group"].to_numpy()
     starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1], True])
     fit, region = _fit_jointly(stack, table, single, starts, g, cfg, camera, min_row_separation)
     row0, col0 = boxes[1], boxes[2]
+    signal = table["signal"].to_numpy(float) if "signal" in table else np.full(len(table), np.nan)
+    width = g.spectral_width + 2 * cfg.margin_px
+    y = table["y"].to_numpy(float)
+    fit, unresolved = resolve_labelling(
+        fit, y, signal, col0, region[:, 0], starts, min_row_separation, width
+    )
     left = region[:, 1] - col0  # the region's columns in each emitter's own box
     right = left + region[:, 3]
     y_expected = table["y"].to_numpy() - row0
     own = fit | {"y0": fit["y0"] + region[:, 0] - row0}
     flag = flag_fits(own, right, y_expected, np.zeros(len(table), bool), cfg, left)
     joint = readout_table(fit, flag, table, row0, col0, g, cal, cfg)
-    unresolved = _close_members(table["y"].to_numpy(), starts, min_row_separation)
     joint.loc[unresolved & (joint["sc_mle_flag"] == ""), "sc_mle_flag"] = "crowded"
     failed = ~fit["converged"]
     joint[failed] = single[failed]
@@ -153,10 +161,9 @@ def _fit_jointly(
 
 
 def _close_members(y: np.ndarray, starts: np.ndarray, rows: float) -> np.ndarray:
-    """Members of a group with another member closer than ``rows`` in y. Closer than
-    ``min_row_separation_px``, the rows cannot tell which spectrum is whose (a swapped or a
-    merged pair fits as well), so neither value is trusted; members of a group are within a
-    readout box of each other in x, so each one's spectrum could lie in the other's box."""
+    """Members of a group with another member closer than ``rows`` in y (members of a group
+    are within a readout box of each other in x, so each one's spectrum could lie in the
+    other's box)."""
     sizes = np.diff(starts)
     member = np.repeat(np.arange(len(sizes)), sizes)
     out = np.zeros(len(y), dtype=bool)
