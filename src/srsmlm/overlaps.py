@@ -35,11 +35,13 @@ AMBIGUOUS_LOGLIK = 3.0
 
 @dataclass(frozen=True)
 class JointConfig:
-    """The ``spectra:`` keys of the joint fit of overlapping spectra."""
+    """The ``spectra:`` keys of the joint fit of overlapping spectra (and of the test for an
+    unlocalized neighbour, :mod:`srsmlm.neighbours`)."""
 
     max_group_size: int
     group_rows_px: float
     min_row_separation_px: float
+    neighbour_p: float
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> JointConfig:
@@ -47,6 +49,7 @@ class JointConfig:
             max_group_size=int(section["max_group_size"]),
             group_rows_px=float(section["group_rows_px"]),
             min_row_separation_px=float(section["min_row_separation_px"]),
+            neighbour_p=float(section["neighbour_p"]),
         )
 
 
@@ -93,7 +96,7 @@ def joint_readout(
     own = fit | {"y0": fit["y0"] + region[:, 0] - row0}
     flag = flag_fits(own, right, y_expected, np.zeros(len(table), bool), cfg, left)
     joint = readout_table(fit, flag, table, row0, col0, g, cal, cfg)
-    unresolved = _close_members(table["y"].to_numpy(), starts, min_row_separation)
+    unresolved = close_members(table["y"].to_numpy(), starts, min_row_separation)
     joint.loc[unresolved & (joint["sc_mle_flag"] == ""), "sc_mle_flag"] = "crowded"
     failed = ~fit["converged"]
     joint[failed] = single[failed]
@@ -144,7 +147,7 @@ def _fit_jointly(
     limits = (2.0 * cfg.max_row_shift_px, (0.0, float(width)), cfg.settings, camera)
     fit = fit_groups(*args, start, *limits)
     found = np.column_stack([fit["N"], fit["l0"], fit["s"], start[:, 3], fit["b"][member]])
-    near = _close_members(table["y"].to_numpy(), starts, 2.0 * min_row_separation)
+    near = close_members(table["y"].to_numpy(), starts, 2.0 * min_row_separation)
     close = np.logical_or.reduceat(near, starts[:-1])
     other = _refit_some(close, args, _rotated(found, cols, starts), limits, fit)
     fit = _better_or_ambiguous(fit, other, member, cfg)
@@ -152,7 +155,7 @@ def _fit_jointly(
     return fit, region
 
 
-def _close_members(y: np.ndarray, starts: np.ndarray, rows: float) -> np.ndarray:
+def close_members(y: np.ndarray, starts: np.ndarray, rows: float) -> np.ndarray:
     """Members of a group with another member closer than ``rows`` in y. Closer than
     ``min_row_separation_px``, the rows cannot tell which spectrum is whose (a swapped or a
     merged pair fits as well), so neither value is trusted; members of a group are within a
