@@ -35,7 +35,9 @@ CFG = ReadoutConfig(
     nm_per_px=NM_PER_PX,
 )
 #: every localization whose readout box overlaps another's (9 rows) is fitted with it
-JOINT = JointConfig(max_group_size=4, group_rows_px=9.0, min_row_separation_px=1.5)
+JOINT = JointConfig(
+    max_group_size=4, group_rows_px=9.0, min_row_separation_px=1.5, neighbour_p=1e-4
+)
 
 
 def _pixels(m, s, n):
@@ -194,7 +196,7 @@ def test_group_above_the_cap_is_flagged_crowded_never_dropped(tmp_path):
         joint = joint_pass(table, stack, st)
     assert list(joint.index) == [5, 6]  # the five above the cap keep their single fits
     assert (joint["group_size"] == 2).all()
-    cap5 = JointConfig(5, JOINT.group_rows_px, JOINT.min_row_separation_px)
+    cap5 = JointConfig(5, JOINT.group_rows_px, JOINT.min_row_separation_px, JOINT.neighbour_p)
     with Stack(tmp_path / "s.tif") as stack:
         joint = joint_pass(table, stack, StageSettings(G, CAL, CAM, CFG, cap5, ANCHOR, 4, 100))
     assert list(joint.index) == list(range(7)) and (joint["group_size"].iloc[:5] == 5).all()

@@ -86,6 +86,8 @@ def test_pipeline_outputs(tiny_run):
     assert set(metrics["dye_accuracy"]) == {"localization", "molecule"}
     sizes = [row["group_size"] for row in metrics["mle"]["by_group_size"]]
     assert sizes == ["1", "2", "3", ">=4"] and (spectra["group_size"] >= 1).all()
+    assert spectra["extra_emitters"].dtype.kind == "i" and (spectra["extra_emitters"] >= 0).all()
+    assert "tested for an unlocalized neighbour" in (wd / "logs/tiny_a/spectra.log").read_text()
     assert not (wd / "results/tiny_b/spectra.csv").exists()  # role train only
 
 

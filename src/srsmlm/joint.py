@@ -232,7 +232,7 @@ def fit_groups(
     starts: np.ndarray,
     cols: np.ndarray,
     start: np.ndarray,
-    y_band: float,
+    y_band: float | np.ndarray,
     l_bounds: tuple[float, float],
     settings: FitSettings,
     camera: Camera,
@@ -243,8 +243,9 @@ def fit_groups(
     (row0, col0, height, width) inside it; ``starts`` (G + 1,): each group's first emitter;
     ``cols`` (E,): each emitter's own box column in its group's region (``c_k``); ``start``
     (E, 5): (N, l, s, y, b) per emitter, ``y`` in region rows, ``b`` averaged per group.
-    ``y`` is bounded to ``start y +- y_band``, ``l`` to ``l_bounds`` (px of the emitter's own
-    box: a spectrum is looked for where its own readout would see it). Returns per group ``loglik``, ``deviance``,
+    ``y`` is bounded to ``start y +- y_band`` (px; one for all, or one per emitter), ``l`` to
+    ``l_bounds`` (px of the emitter's own box: a spectrum is looked for where its own readout
+    would see it). Returns per group ``loglik``, ``deviance``,
     ``dof``, ``p_fit``, ``iterations``, ``converged``, ``b``; per emitter ``N``, ``l0``, ``s``,
     ``y0``, ``var_l0`` (CRLB, px^2), ``var_N`` and ``var_y0`` (the bounds of the photons and
     the row) and ``rho``, the largest correlation of the centre with
@@ -288,7 +289,7 @@ def _packed_start(
     starts: np.ndarray,
     sizes: np.ndarray,
     width: int,
-    y_band: float,
+    y_band: float | np.ndarray,
     l_bounds: tuple[float, float],
     settings: FitSettings,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

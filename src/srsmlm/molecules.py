@@ -29,12 +29,22 @@ def usable_for_molecule(spectra: pd.DataFrame) -> pd.Series:
 
 def molecule_groups(spectra: pd.DataFrame) -> pd.DataFrame:
     """The localizations of runs usable for the molecule's estimate and alone in their frame's
-    readout (``group_size`` 1: their own box holds no other spectrum), sorted by run and frame,
-    with the run's first box column as the reference of their joint fit."""
-    trusted = spectra[usable_for_molecule(spectra) & (spectra["group_size"] == 1)]
+    readout (``group_size`` 1 and no ``extra_emitters``: their own box holds no other spectrum),
+    sorted by run and frame, with the run's first box column as the reference of their joint
+    fit."""
+    trusted = spectra[usable_for_molecule(spectra) & alone_in_box(spectra)]
     trusted = trusted.sort_values(["cluster", "frame"], kind="stable")
     ref = trusted.groupby("cluster")["mle_box_col0"].transform("first")
     return trusted.assign(mle_offset=trusted["mle_box_col0"] - ref, mle_ref_col0=ref)
+
+
+def alone_in_box(spectra: pd.DataFrame) -> pd.Series:
+    """Localizations whose readout box holds no other spectrum: read alone (``group_size`` 1),
+    with no unlocalized neighbour fitted beside them (``extra_emitters`` 0, where present)."""
+    alone = spectra["group_size"] == 1
+    if "extra_emitters" in spectra:
+        alone &= spectra["extra_emitters"] == 0
+    return alone
 
 
 def inverse_variance_start(
@@ -153,7 +163,7 @@ def molecule_table(
         d = j["centre_px"] - out.loc[j.index, "x_trusted"]
         out.loc[j.index, "sc_joint_nm"] = cal.wavelength(d.to_numpy(), g.spectral_offset)
         out.loc[j.index, "sc_joint_err_nm"] = np.sqrt(j["var_px2"].to_numpy()) * cfg.nm_per_px
-    _add_grouped_frames(out, trusted[trusted["group_size"] > 1])
+    _add_grouped_frames(out, trusted[~alone_in_box(trusted)])
     key = "joint" if cfg.molecule_estimate == "joint" else "mean"
     out["sc_nm"] = out[f"sc_{key}_nm"]
     out["sc_err_nm"] = out[f"sc_{key}_err_nm"]

@@ -36,11 +36,13 @@ AMBIGUOUS_LOGLIK = 3.0
 
 @dataclass(frozen=True)
 class JointConfig:
-    """The ``spectra:`` keys of the joint fit of overlapping spectra."""
+    """The ``spectra:`` keys of the joint fit of overlapping spectra (and of the test for an
+    unlocalized neighbour, :mod:`srsmlm.neighbours`)."""
 
     max_group_size: int
     group_rows_px: float
     min_row_separation_px: float
+    neighbour_p: float
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> JointConfig:
@@ -48,6 +50,7 @@ class JointConfig:
             max_group_size=int(section["max_group_size"]),
             group_rows_px=float(section["group_rows_px"]),
             min_row_separation_px=float(section["min_row_separation_px"]),
+            neighbour_p=float(section["neighbour_p"]),
         )
 
 
@@ -140,11 +143,11 @@ def _fit_jointly(
     regions = np.column_stack([lo_r - top, lo_c - side, hi_r - lo_r, hi_c - lo_c])
     start = np.column_stack(
         [
-            _finite_or(single["spectral_photons"].to_numpy(), 100.0),
-            _finite_or(single["mle_centre_px"].to_numpy() - col0, width / 2),
-            _finite_or(single["sc_mle_width_nm"].to_numpy() / cfg.nm_per_px, cfg.s_start),
+            finite_or(single["spectral_photons"].to_numpy(), 100.0),
+            finite_or(single["mle_centre_px"].to_numpy() - col0, width / 2),
+            finite_or(single["sc_mle_width_nm"].to_numpy() / cfg.nm_per_px, cfg.s_start),
             table["y"].to_numpy() - lo_r[member],
-            _finite_or(single["background_photons"].to_numpy(), 1.0),
+            finite_or(single["background_photons"].to_numpy(), 1.0),
         ]
     )
     cols = (col0 - lo_c[member]).astype(np.float64)
@@ -152,7 +155,7 @@ def _fit_jointly(
     limits = (2.0 * cfg.max_row_shift_px, (0.0, float(width)), cfg.settings, camera)
     fit = fit_groups(*args, start, *limits)
     found = np.column_stack([fit["N"], fit["l0"], fit["s"], start[:, 3], fit["b"][member]])
-    near = _close_members(table["y"].to_numpy(), starts, 2.0 * min_row_separation)
+    near = close_members(table["y"].to_numpy(), starts, 2.0 * min_row_separation)
     close = np.logical_or.reduceat(near, starts[:-1])
     other = _refit_some(close, args, _rotated(found, cols, starts), limits, fit)
     fit = _better_or_ambiguous(fit, other, member, cfg)
@@ -160,7 +163,7 @@ def _fit_jointly(
     return fit, region
 
 
-def _close_members(y: np.ndarray, starts: np.ndarray, rows: float) -> np.ndarray:
+def close_members(y: np.ndarray, starts: np.ndarray, rows: float) -> np.ndarray:
     """Members of a group with another member closer than ``rows`` in y (members of a group
     are within a readout box of each other in x, so each one's spectrum could lie in the
     other's box)."""
@@ -245,6 +248,6 @@ def _better_or_ambiguous(
     return best
 
 
-def _finite_or(values: np.ndarray, fallback: float) -> np.ndarray:
+def finite_or(values: np.ndarray, fallback: float) -> np.ndarray:
     """``values`` with non-finite entries replaced by ``fallback``."""
     return np.where(np.isfinite(values), values, fallback)

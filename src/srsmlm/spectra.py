@@ -34,6 +34,7 @@ from .geometry import Geometry
 from .io import atomic_path, chunk_slices, spool_dir, write_csv
 from .mle import Camera
 from .molecules import molecules, run_blocks
+from .neighbours import NEIGHBOUR_COLUMNS, neighbour_readout
 from .overlaps import JointConfig, joint_readout, overlap_groups
 from .profiles import DENOISED_FIT_COLUMNS, patch_readouts
 from .readout import MLE_COLUMNS, ReadoutConfig, mle_readout
@@ -62,6 +63,7 @@ RUN_COLUMNS = (
     "mle_box_row0",
     "mle_box_col0",
     "group_size",
+    "extra_emitters",
 )
 
 
@@ -143,7 +145,7 @@ def spectra_chunk(
     rows in ``joint`` (:func:`joint_pass`) take their joint fits from there."""
     part = table.iloc[sl]
     alone = part[~part.index.isin(joint.index)]
-    fit = pool.submit(mle_readout, stack, alone, st.geometry, st.cal, st.camera, st.cfg)
+    fit = pool.submit(alone_readout, stack, alone, st)
     out = part[["localization_index", "frame", "x", "y", "signal", "cluster"]].copy()
     readouts = patch_readouts(
         table, sl, paths, st.geometry, st.cal, st.n_rows, st.max_residual, pool
@@ -154,7 +156,18 @@ def spectra_chunk(
     mle = pd.concat([fit.result(), joint[joint.index.isin(part.index)]]).loc[part.index]
     out = out.join(mle[list(MLE_COLUMNS)])
     out["group_size"] = part["group_size"].to_numpy()
-    return out, mle[["mle_centre_px", "mle_box_row0", "mle_box_col0"]]
+    out["extra_emitters"] = mle["extra_emitters"].to_numpy(np.int64)
+    return out, mle[["mle_centre_px", "mle_box_row0", "mle_box_col0", "neighbour_tested"]]
+
+
+def alone_readout(stack: Stack, alone: pd.DataFrame, st: StageSettings) -> pd.DataFrame:
+    """The maximum-likelihood readout of localizations read alone (each its own box), a failed
+    box tested for an unlocalized neighbour (:func:`srsmlm.neighbours.neighbour_readout`)."""
+    fit = mle_readout(stack, alone, st.geometry, st.cal, st.camera, st.cfg)
+    units = np.arange(len(alone))
+    g, cal, camera, cfg, joint = st.geometry, st.cal, st.camera, st.cfg, st.joint
+    p, rows = joint.neighbour_p, joint.min_row_separation_px
+    return neighbour_readout(stack, alone, fit, units, g, cal, camera, cfg, p, rows)
 
 
 @dataclass
@@ -174,6 +187,8 @@ class _Kept:
     flags: dict[str, int] = field(default_factory=dict)
     runs: list[Path] = field(default_factory=list)
     denoised_rejected: int = 0
+    neighbour_boxes: float = 0.0
+    extra_boxes: float = 0.0
 
     @classmethod
     def empty(cls, n: int, max_residual: float) -> _Kept:
@@ -195,9 +210,14 @@ class _Kept:
         for name, n in flag.replace("", "trusted").value_counts().items():
             self.flags[name] = self.flags.get(name, 0) + int(n)
         self.denoised_rejected += int((out["fit_denoised_residual"] > self.max_residual).sum())
+        share = 1.0 / out["group_size"].to_numpy()  # a group's members share one box
+        self.neighbour_boxes += float(share[extra["neighbour_tested"].to_numpy(bool)].sum())
+        self.extra_boxes += float(share[out["extra_emitters"].to_numpy() > 0].sum())
         in_run = out["cluster"].to_numpy() >= 0
         self.in_run[sl] = in_run
-        out.join(extra).loc[in_run, list(RUN_COLUMNS)].to_pickle(runs_file)
+        out.join(extra.drop(columns="neighbour_tested")).loc[in_run, list(RUN_COLUMNS)].to_pickle(
+            runs_file
+        )
         self.runs.append(runs_file)
 
     def runs_table(self) -> pd.DataFrame:
@@ -226,6 +246,13 @@ def readout_pass(
             files.append(spool / f"chunk_{k:06d}.pkl")
             out.to_pickle(files[-1])
             log.info("read out %d / %d localizations", sl.stop, len(table))
+    log.info(
+        "%d boxes whose fit failed tested for an unlocalized neighbour; %d got an extra emitter "
+        "(likelihood-ratio p < spectra.neighbour_p = %g), its localizations read from that fit",
+        round(kept.neighbour_boxes),
+        round(kept.extra_boxes),
+        st.joint.neighbour_p,
+    )
     return files, kept
 
 
@@ -238,19 +265,10 @@ def joint_pass(table: pd.DataFrame, stack: Stack, st: StageSettings) -> pd.DataF
     rows = table[(size >= 2) & (size <= cap)].sort_values("group", kind="stable")
     labels = rows["group"].to_numpy()
     bounds = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1], True]) if len(rows) else [0]
-    parts = [
-        joint_readout(
-            stack,
-            rows.iloc[bounds[a] : bounds[b]],
-            st.geometry,
-            st.cal,
-            st.camera,
-            st.cfg,
-            st.joint.min_row_separation_px,
-        )
-        for a, b in run_blocks(bounds, st.chunk_size)
-    ]
-    out = pd.concat(parts) if parts else pd.DataFrame(columns=[*MLE_COLUMNS, "group_size"])
+    blocks = [rows.iloc[bounds[a] : bounds[b]] for a, b in run_blocks(bounds, st.chunk_size)]
+    parts = [_group_readout(stack, block, st) for block in blocks]
+    empty = pd.DataFrame(columns=[*MLE_COLUMNS, "group_size", *NEIGHBOUR_COLUMNS])
+    out = pd.concat(parts) if parts else empty
     over = int((size > cap).sum())
     log.info(
         "%d localizations in %d groups of overlapping spectra fitted jointly (%d of them flagged "
@@ -263,6 +281,16 @@ def joint_pass(table: pd.DataFrame, stack: Stack, st: StageSettings) -> pd.DataF
         cap,
     )
     return out
+
+
+def _group_readout(stack: Stack, rows: pd.DataFrame, st: StageSettings) -> pd.DataFrame:
+    """The joint readout of whole groups (:func:`srsmlm.overlaps.joint_readout`), a group whose
+    fit failed tested for an unlocalized neighbour (:func:`srsmlm.neighbours.neighbour_readout`)."""
+    g, cal, camera, cfg = st.geometry, st.cal, st.camera, st.cfg
+    fit = joint_readout(stack, rows, g, cal, camera, cfg, st.joint.min_row_separation_px)
+    units = rows["group"].to_numpy()
+    p, close = st.joint.neighbour_p, st.joint.min_row_separation_px
+    return neighbour_readout(stack, rows, fit, units, g, cal, camera, cfg, p, close)
 
 
 def write_spectra(
