@@ -168,9 +168,10 @@ def report(name: str, folder: Path) -> dict:
         + ", ".join(f"{k} {a:.3f} / {b:.3f}" for k, (a, b) in cover.items())
     )
     test = json.loads((folder / "results" / "evaluation" / "test_metrics.json").read_text())
+    bins = test.get("spectral_shift_nm", {}).get("by_box_px") or []
     print(
-        "network's shift on its test patches by box position:",
-        test.get("spectral_shift_nm", {}).get("by_box_px"),
+        "network's shift on its test patches by box position (px: median nm):",
+        ", ".join(f"{b['from_px']}-{b['to_px']}: {b['median_nm']:+.2f}" for b in bins),
     )
     fl = m[~m["trusted"]]
     return {

@@ -222,7 +222,8 @@ def neighbour_fits(
     spectrum fitted as one over two can split. A K fit that does not converge (it wanders where
     its model lacks a spectrum) still gives the highest K likelihood it found; only a failed
     K+1 fit fails the test. Returns the members' values of the K+1 fit (``b``, ``p_fit``,
-    ``converged`` per member), keep, failed."""
+    ``converged`` per member; ``extra_y0``: the row of their unit's extra emitter), keep,
+    failed."""
     y_band = 2.0 * cfg.max_row_shift_px
     small = _fit(boxes, boxes.starts, boxes.cols, start, y_band, width, cfg, camera)
     s = cfg.settings.fixed_s if cfg.settings.fixed_s is not None else cfg.s_start
@@ -245,6 +246,7 @@ def neighbour_fits(
     failed = ~large["converged"]
     values = {k: large[k][moved] for k in ("N", "l0", "s", "y0", "var_l0")}
     values |= {k: large[k][member] for k in ("b", "p_fit", "converged")}
+    values["extra_y0"] = large["y0"][starts[1:] - 1][member]
     finite = np.logical_and.reduceat(np.isfinite(values["var_l0"]), boxes.starts[:-1])
     keep = ~failed & finite & (p < p_max)
     return values, keep, failed
@@ -266,8 +268,8 @@ def neighbour_readout(
     :func:`srsmlm.overlaps.joint_readout` of ``table``; ``units``: the box of each row, rows
     of one box consecutive) with the ``NEIGHBOUR_COLUMNS`` added: each box whose fit failed
     (:func:`failed_fits`) tested for one unlocalized neighbour (:func:`neighbour_fits`); where the extra emitter is kept,
-    its members take the K+1 fit's values and are flagged again (``crowded`` where two are
-    closer than ``min_row_separation`` rows, as in the joint readout). A box whose test fails
+    its members take the K+1 fit's values and are flagged again (``crowded`` where two, or a
+    member and the extra emitter, are closer than ``min_row_separation`` rows). A box whose test fails
     (a failed fit, non-finite coordinates) keeps its readout; so does a localization of a group
     too large to be fitted jointly (``crowded`` column of ``table``)."""
     out = readout.assign(extra_emitters=0, neighbour_tested=False)
@@ -300,7 +302,10 @@ def neighbour_readout(
     fit, keep, failed = neighbour_fits(boxes, start, width, cfg, camera, p_max)
     left = boxes.origin[member, 1] - col0
     right = left + boxes.regions[member, 3]
-    close = close_members(y[rows], starts, min_row_separation)
+    # a member as close to the extra emitter's row as to a localized neighbour's: the extra
+    # emitter has no localization to tell their spectra apart
+    beside = np.abs(fit["extra_y0"] - y_region) < min_row_separation
+    close = close_members(y[rows], starts, min_row_separation) | beside
     flag = flag_fits(fit, right, y_region, close, cfg, left)
     new = readout_table(fit, flag, tested, row0, col0, g, cal, cfg)
     kept = keep[member]

@@ -272,8 +272,8 @@ def joint_pass(table: pd.DataFrame, stack: Stack, st: StageSettings) -> pd.DataF
     over = int((size > cap).sum())
     log.info(
         "%d localizations in %d groups of overlapping spectra fitted jointly (%d of them flagged "
-        "crowded: a failed or ambiguous joint fit, or spectra on nearly one row); %d in groups "
-        "above spectra.max_group_size = %d (flagged crowded)",
+        "crowded: a failed or ambiguous joint fit, or close spectra that rows and photons cannot "
+        "assign); %d in groups above spectra.max_group_size = %d (flagged crowded)",
         len(rows),
         len(bounds) - 1,
         int((out["sc_mle_flag"] == "crowded").sum()),
