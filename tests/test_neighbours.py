@@ -167,3 +167,19 @@ def test_units_and_likelihood_ratio():
     p = likelihood_ratio_p(np.array([0.0, 0.0, 0.0, np.nan]), np.array([10.0, -1.0, 0.0, 5.0]), 4)
     assert p[0] == pytest.approx(11 * np.exp(-10))  # chi-square(4) above 20: (1 + 10) e^-10
     assert p[1:].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_neighbour_on_the_localizations_row_leaves_it_crowded(tmp_path):
+    """An unlocalized spectrum 1.3 rows from the localization's (less than
+    min_row_separation_px): found, but nothing tells which of the two spectra is the
+    localization's (a quarter of the fits take the other), so none is trusted."""
+    rng = np.random.default_rng(31)
+    frames = [
+        [(20.0 + rng.uniform(0, 1), 12.3, 1500.0, 14.0, True), (20.0, 13.6, 1500.0, 40.0, False)]
+        for _ in range(40)
+    ]
+    table = _write(tmp_path / "s.tif", rng, frames)
+    _, out = _read(tmp_path / "s.tif", table)
+    kept = out["extra_emitters"] == 1
+    assert kept.mean() >= 0.8, kept.mean()
+    assert (out.loc[kept, "sc_mle_flag"] != "").all()
