@@ -71,7 +71,7 @@ def test_consistency_learns_the_median_and_the_spread_beyond_the_bounds():
 def test_swapped_spectra_are_handed_back_by_their_photons():
     rng = np.random.default_rng(2)
     swapped = rng.random(100) < 0.5
-    fit, y_loc, signal, col0, r0, starts, truth = _groups(rng, 100, 200, [1000.0, 3000.0], 0.3,
+    fit, y_loc, signal, col0, r0, starts, truth = _groups(rng, 100, 200, [1000.0, 3000.0], 0.6,
                                                           swapped)  # fmt: skip
     out, ambiguous = resolve_labelling(fit, y_loc, signal, col0, r0, starts, 1.5, WIDTH)
     np.testing.assert_allclose(out["l0"] + col0, truth)
@@ -116,7 +116,7 @@ def test_a_swap_that_would_put_a_spectrum_outside_its_box_is_not_made():
 
 def test_same_input_same_output():
     rng = np.random.default_rng(6)
-    args = _groups(rng, 40, 200, [1000.0, 3000.0], 0.5, rng.random(40) < 0.5)[:-1]
+    args = _groups(rng, 40, 200, [1000.0, 3000.0], 0.6, rng.random(40) < 0.5)[:-1]
     a, amb_a = resolve_labelling(*args, 1.5, WIDTH)
     b, amb_b = resolve_labelling(*args, 1.5, WIDTH)
     np.testing.assert_array_equal(amb_a, amb_b)
