@@ -16,10 +16,11 @@ joint fit (an overlap that blurs a row or a photon count widens its term), ``e_y
 what the well-separated members spread beyond their bounds (the localization's own error, the
 signal's). For every pair of members closer than
 ``min_row_separation_px`` the swap is scored: a better swap is made; a swap within
-:data:`LABEL_LOG_ODDS` of the kept labelling (the wrong one at least 1 % likely) that moves a
-spectrum by more than twice its bound leaves the pair's labelling ambiguous (flagged
-``crowded``). Without enough well-separated members to learn from, only the rows decide when
-their spread is known, and nothing is trusted when it is not.
+:data:`LABEL_LOG_ODDS` of the kept labelling (the wrong one at least 1 % likely), or a pair on
+one row (:data:`SAME_ROW_PX`) whose swap is possible, leaves the pair's labelling ambiguous, and
+a member whose row and photons disagree with its localization's is not trusted either (both
+flagged ``crowded``). Without a learnt photon spread (too few well-separated members, or no
+signal) no close member is trusted: the rows alone cannot see a merged fit.
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ def close_pairs(y: np.ndarray, starts: np.ndarray, rows: float) -> tuple[np.ndar
     if not pairs:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+
+
+def members_of(pairs: tuple[np.ndarray, np.ndarray], n: int) -> np.ndarray:
+    """Mask of the ``n`` members that are in any of ``pairs``."""
+    out = np.zeros(n, dtype=bool)
+    out[pairs[0]] = out[pairs[1]] = True
+    return out
 
 
 def learn_consistency(
@@ -159,8 +167,7 @@ def resolve_labelling(
     y_fit = fit["y0"] + region_row0
     centre = fit["l0"] + col0
     i, j = close_pairs(y_loc, starts, rows)
-    far = np.ones(len(y_loc), bool)
-    far[np.concatenate(close_pairs(y_loc, starts, 2.0 * rows))] = False
+    far = ~members_of(close_pairs(y_loc, starts, 2.0 * rows), len(y_loc))
     with np.errstate(divide="ignore", invalid="ignore"):
         log_ratio = np.log(fit["N"]) - np.log(signal)
         var_log_ratio = fit["var_N"] / fit["N"] ** 2
@@ -178,11 +185,8 @@ def resolve_labelling(
     # way the fit does not pin down: only a pair whose swap is impossible is read
     one_row = np.abs(y_loc[i] - y_loc[j]) < SAME_ROW_PX
     unsure = (gain > -LABEL_LOG_ODDS) | (one_row & np.isfinite(gain))
-    ambiguous = np.zeros(len(y_loc), bool)
-    ambiguous[i[unsure]] = ambiguous[j[unsure]] = True
-    close = np.zeros(len(y_loc), bool)
-    close[i] = close[j] = True
-    ambiguous |= close & ~_consistent(framed, y_loc, signal, c)
+    ambiguous = members_of((i[unsure], j[unsure]), len(y_loc))
+    ambiguous |= members_of((i, j), len(y_loc)) & ~_consistent(framed, y_loc, signal, c)
     log.info(
         "labelling of %d close pairs: rows %+.2f px +- %.2f beyond their bounds, log photon ratio "
         "%+.2f +- %.2f (from %d well-separated members); %d pairs ambiguous, %d members flagged",

@@ -17,7 +17,7 @@ from scipy.sparse.csgraph import connected_components
 from .calibration import Calibration
 from .geometry import Geometry
 from .joint import fit_groups
-from .labelling import resolve_labelling
+from .labelling import close_pairs, members_of, resolve_labelling
 from .mle import Camera
 from .readout import (
     ReadoutConfig,
@@ -101,7 +101,7 @@ def joint_readout(
     )
     left = region[:, 1] - col0  # the region's columns in each emitter's own box
     right = left + region[:, 3]
-    y_expected = table["y"].to_numpy() - row0
+    y_expected = y - row0
     own = fit | {"y0": fit["y0"] + region[:, 0] - row0}
     flag = flag_fits(own, right, y_expected, np.zeros(len(table), bool), cfg, left)
     joint = readout_table(fit, flag, table, row0, col0, g, cal, cfg)
@@ -167,14 +167,7 @@ def close_members(y: np.ndarray, starts: np.ndarray, rows: float) -> np.ndarray:
     """Members of a group with another member closer than ``rows`` in y (members of a group
     are within a readout box of each other in x, so each one's spectrum could lie in the
     other's box)."""
-    sizes = np.diff(starts)
-    member = np.repeat(np.arange(len(sizes)), sizes)
-    out = np.zeros(len(y), dtype=bool)
-    for k in range(1, int(sizes.max(initial=1))):
-        hit = (member[k:] == member[:-k]) & (np.abs(y[k:] - y[:-k]) < rows)
-        out[k:] |= hit
-        out[:-k] |= hit
-    return out
+    return members_of(close_pairs(y, starts, rows), len(y))
 
 
 def _refit_some(
