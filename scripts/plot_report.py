@@ -21,6 +21,7 @@ run_step(
     render_sigma_px=params.render["render_sigma_px"],
     raw_tifs=list(inp.raw),
     molecule_csvs=list(inp.molecules),
+    joint_fit_npzs=list(inp.joint_fits),
     seed=params.seed,
     signal_bins=params.signal_bins,
 )

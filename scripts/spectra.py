@@ -19,5 +19,6 @@ run_step(
     spectra_csv=snakemake.output.spectra,
     precision_csv=snakemake.output.precision,
     molecules_csv=snakemake.output.molecules,
+    joint_fits_npz=snakemake.output.joint_fits,
     threads=snakemake.threads,
 )

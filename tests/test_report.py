@@ -8,6 +8,8 @@ import shutil
 
 import pytest
 
+from srsmlm.plots import REPORT_FIGURES
+
 from .pipeline import snakemake
 
 CATEGORIES = [
@@ -85,4 +87,4 @@ def test_report_renders_with_figures(tiny_run, tmp_path):
         browser.close()
     assert not failed, failed
     assert not errors, errors
-    assert len(shown) == 10, shown
+    assert len(shown) == len(REPORT_FIGURES), shown

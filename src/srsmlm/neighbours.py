@@ -307,7 +307,7 @@ def neighbour_readout(
     beside = np.abs(fit["extra_y0"] - y_region) < min_row_separation
     close = close_members(y[rows], starts, min_row_separation) | beside
     flag = flag_fits(fit, right, y_region, close, cfg, left)
-    new = readout_table(fit, flag, tested, row0, col0, g, cal, cfg)
+    new = readout_table(fit, flag, tested, row0, col0, g, cal, cfg, boxes.origin[member, 0])
     kept = keep[member]
     out.iloc[rows, out.columns.get_loc("neighbour_tested")] = True
     out.iloc[rows[kept], out.columns.get_loc("extra_emitters")] = 1

@@ -86,7 +86,7 @@ def joint_readout(
     ``crowded``. Members closer than ``min_row_separation`` in y have their spectra assigned by
     rows and photons (:func:`srsmlm.labelling.resolve_labelling`; ambiguous: ``crowded``).
     Flags are judged per emitter from the joint fit, ``bad_fit`` by the group's deviance test.
-    Adds ``group_size``."""
+    Adds ``group_size`` and ``mle_joint`` (the values are the joint fit's)."""
     boxes = gather_photons(stack, table, g, cfg, camera)
     single = fit_readout(boxes, table.assign(crowded=True), g, cal, camera, cfg)
     groups = table["group"].to_numpy()
@@ -104,12 +104,12 @@ def joint_readout(
     y_expected = y - row0
     own = fit | {"y0": fit["y0"] + region[:, 0] - row0}
     flag = flag_fits(own, right, y_expected, np.zeros(len(table), bool), cfg, left)
-    joint = readout_table(fit, flag, table, row0, col0, g, cal, cfg)
+    joint = readout_table(fit, flag, table, row0, col0, g, cal, cfg, region[:, 0])
     joint.loc[unresolved & (joint["sc_mle_flag"] == ""), "sc_mle_flag"] = "crowded"
     failed = ~fit["converged"]
     joint[failed] = single[failed]
     sizes = np.diff(starts)
-    return joint.assign(group_size=np.repeat(sizes, sizes))
+    return joint.assign(group_size=np.repeat(sizes, sizes), mle_joint=~failed)
 
 
 def _fit_jointly(

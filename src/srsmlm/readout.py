@@ -189,7 +189,7 @@ def mle_readout(
     """Maximum-likelihood readout of the localizations in ``table`` (columns ``frame``, ``x``,
     ``y``, ``spec_col0``, ``crowded``) from the raw stack. Returns the ``MLE_COLUMNS`` plus
     ``mle_centre_px`` (frame x of the centre), ``mle_box_row0``, ``mle_box_col0``,
-    ``mle_p_fit``."""
+    ``mle_row_px`` (frame y of the spectrum), ``mle_p_fit``."""
     boxes = gather_photons(stack, table, g, cfg, camera)
     return fit_readout(boxes, table, g, cal, camera, cfg)
 
@@ -229,10 +229,14 @@ def readout_table(
     g: Geometry,
     cal: Calibration,
     cfg: ReadoutConfig,
+    y_origin: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The ``MLE_COLUMNS`` and the box columns of fits (``l0`` in each localization's own box
-    starting at column ``col0``) with their flags; a value that did not converge is NaN."""
+    starting at column ``col0``; ``y0`` in rows from ``y_origin``, the frame row of the fitted
+    region, by default the box's ``row0``) with their flags; a value that did not converge is
+    NaN. ``mle_row_px`` is the frame row of the spectrum, as the localizations' ``y``."""
     centre = col0 + fit["l0"]
+    origin = row0 if y_origin is None else y_origin
     out = pd.DataFrame(
         {
             "sc_mle_nm": cal.wavelength(centre - table["x"].to_numpy(), g.spectral_offset),
@@ -244,6 +248,7 @@ def readout_table(
             "mle_centre_px": centre,
             "mle_box_row0": row0,
             "mle_box_col0": col0,
+            "mle_row_px": origin + fit["y0"],
             "mle_p_fit": fit["p_fit"],
         },
         index=table.index,

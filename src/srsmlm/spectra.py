@@ -32,12 +32,14 @@ from .dyes import (
 from .errors import InputError
 from .geometry import Geometry
 from .io import atomic_path, chunk_slices, spool_dir, write_csv
+from .joint_examples import joint_examples, write_examples
 from .mle import Camera
 from .molecules import molecules, run_blocks
 from .neighbours import NEIGHBOUR_COLUMNS, neighbour_readout
 from .overlaps import JointConfig, joint_readout, overlap_groups
 from .profiles import DENOISED_FIT_COLUMNS, patch_readouts
 from .readout import MLE_COLUMNS, ReadoutConfig, mle_readout
+from .seeds import acquisition_seed
 from .stack import NORMALISATION, Stack
 
 log = logging.getLogger(__name__)
@@ -232,14 +234,17 @@ def readout_pass(
     stack_path: str | Path,
     spool: Path,
     st: StageSettings,
-) -> tuple[list[Path], _Kept]:
+    seed: int,
+) -> tuple[list[Path], _Kept, dict[str, np.ndarray]]:
     """Read out ``table`` ``st.chunk_size`` rows at a time: each chunk's spectra.csv columns are
     pickled into ``spool`` (exact values and types); only what the global steps need stays in
-    memory."""
+    memory. Also returns a few joint fits drawn for the report
+    (:func:`srsmlm.joint_examples.joint_examples`)."""
     kept = _Kept.empty(len(table), st.max_residual)
     files = []
     with Stack(stack_path) as stack, ThreadPoolExecutor(len(paths) + 1) as pool:
         joint = joint_pass(table, stack, st)
+        examples = _drawn_examples(stack, table, joint, st, seed)
         for k, sl in enumerate(chunk_slices(len(table), st.chunk_size)):
             out, extra = spectra_chunk(table, sl, paths, stack, st, pool, joint)
             kept.add(sl, out, extra, spool / f"runs_{k:06d}.pkl")
@@ -253,7 +258,24 @@ def readout_pass(
         round(kept.extra_boxes),
         st.joint.neighbour_p,
     )
-    return files, kept
+    return files, kept, examples
+
+
+def _drawn_examples(
+    stack: Stack, table: pd.DataFrame, joint: pd.DataFrame, st: StageSettings, seed: int
+) -> dict[str, np.ndarray]:
+    """A few of ``joint``'s groups drawn for the report, picked by the seed."""
+    rows = table.loc[joint.index]
+    return joint_examples(
+        stack,
+        rows["frame"].to_numpy(),
+        joint,
+        rows["group"].to_numpy(),
+        st.cfg,
+        st.geometry.spectral_width + 2 * st.cfg.margin_px,
+        st.camera,
+        acquisition_seed(seed, "", "joint_examples"),
+    )
 
 
 def joint_pass(table: pd.DataFrame, stack: Stack, st: StageSettings) -> pd.DataFrame:
@@ -349,13 +371,15 @@ def spectra_stage(
     precision_csv: str | Path,
     molecules_csv: str | Path,
     threads: int = 1,
+    joint_fits_npz: str | Path | None = None,
 ) -> dict[str, Any]:
     """Spectra of every denoised localization: centroid and least-squares fit of the raw and
     denoised patches, the maximum-likelihood readout on raw counts with its CRLB and flag, a dye
     class, spectral precision, and one row per molecule (run). Streams ``spectra.chunk_size``
     localizations at a time: each chunk's columns are spooled beside the output, and spectra.csv
     is written from the spool once the dye classes (fitted on all values) are known; memory
-    holds only the few columns of the global steps."""
+    holds only the few columns of the global steps. ``joint_fits_npz``: a few joint fits drawn
+    for the report (data, model), where given."""
     fix_mmap_threshold()
     table = load_patch_table(denoised_table, clusters_csv, (raw_tif, denoised_tif), geometry)
     if table.empty:
@@ -374,7 +398,7 @@ def spectra_stage(
     spool = spool_dir(spectra_csv)
     try:
         paths = {"raw": raw_tif, "denoised": denoised_tif}
-        files, kept = readout_pass(table, paths, stack_path, spool, st)
+        files, kept, examples = readout_pass(table, paths, stack_path, spool, st, seed)
         box_px = table["denoised_centre_px"].to_numpy(float)
         del table
         anchor, anchored = anchor_denoised(kept, box_px, st)
@@ -393,6 +417,8 @@ def spectra_stage(
         shutil.rmtree(spool, ignore_errors=True)
     write_csv(precision, precision_csv)
     write_csv(mols, molecules_csv)
+    if joint_fits_npz is not None:
+        write_examples(examples, joint_fits_npz)
     return stage_summary(n, len(mols), st.cal, kept, precision, anchor)
 
 

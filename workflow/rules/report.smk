@@ -12,6 +12,7 @@ rule plot_report:
         metrics=evaluation_metrics(),
         raw=expand("results/{acquisition}/denoised/raw.tif", acquisition=APPLY),
         molecules=expand("results/{acquisition}/molecules.csv", acquisition=APPLY),
+        joint_fits=expand("results/{acquisition}/joint_fits.npz", acquisition=APPLY),
     output:
         montage=report(
             "results/report/montage.png",
@@ -57,6 +58,11 @@ rule plot_report:
             "results/report/flagged_examples.png",
             category="6. MLE readout",
             caption="../report/flagged_examples.rst",
+        ),
+        joint_fits=report(
+            "results/report/joint_fits.png",
+            category="6. MLE readout",
+            caption="../report/joint_fits.rst",
         ),
         molecules=report(
             "results/report/molecules.png",

@@ -9,6 +9,7 @@ rule spectra:
         spectra="results/{acquisition}/spectra.csv",
         precision="results/{acquisition}/spectral_precision.csv",
         molecules="results/{acquisition}/molecules.csv",
+        joint_fits="results/{acquisition}/joint_fits.npz",
     log:
         "logs/{acquisition}/spectra.log",
     benchmark:

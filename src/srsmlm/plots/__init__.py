@@ -8,6 +8,7 @@ they show:
 * :mod:`.spectra`: spectral-centre histograms, spectral precision, rendering, molecules;
 * :mod:`.mle`: the maximum-likelihood readout (flags, error vs CRLB, efficiency);
 * :mod:`.examples`: raw patches per MLE flag;
+* :mod:`.joint`: joint fits of overlapping spectra (data, model, residual);
 * :mod:`.evaluation`: the error of every estimator against the ground truth;
 * :mod:`.report`: loading the tables, the summary and the report stage;
 * :mod:`.common`: what they share.

@@ -21,6 +21,7 @@ from ..io import write_json
 from .common import PathLike, note_figure, save_figure, values
 from .evaluation import evaluation_figure
 from .examples import flagged_examples
+from .joint import joint_fit_examples
 from .mle import flagged_fractions, mle_efficiency, mle_error_vs_crlb, mle_reasons
 from .spectra import molecules_histogram, precision_figure, rendering, sc_histograms
 from .training import loss_curves, montage
@@ -54,6 +55,7 @@ REPORT_FIGURES = (
     "mle_error",
     "mle_efficiency",
     "flagged",
+    "joint_fits",
     "molecules",
 )
 
@@ -153,6 +155,8 @@ class ReportData:
     #: the column the centre histograms colour by: the true dye when every acquisition has one
     colour: str
     raw_tifs: dict[str, PathLike]
+    #: acquisition -> joint_fits.npz (examples of joint fits)
+    joint_fits: dict[str, PathLike]
 
 
 def load_report_data(
@@ -162,6 +166,7 @@ def load_report_data(
     metrics_json: PathLike | None,
     raw_tifs: Mapping[str, PathLike] | Sequence[PathLike],
     molecule_csvs: Sequence[PathLike],
+    joint_fits: Mapping[str, PathLike] | Sequence[PathLike] = (),
 ) -> ReportData:
     """Read every table of the report (see :func:`report_stage` for the arguments)."""
     truth = _by_acquisition(spectra_csvs, truth_csvs)
@@ -175,6 +180,7 @@ def load_report_data(
         metrics=json.loads(Path(metrics_json).read_text()) if metrics_json else None,
         colour="dye_true" if names and names <= set(truth) else "dye",
         raw_tifs=_by_acquisition(spectra_csvs, raw_tifs),
+        joint_fits=_by_acquisition(spectra_csvs, joint_fits),
     )
 
 
@@ -224,6 +230,7 @@ def figure_steps(
             "mle_error": lambda: mle_error_vs_crlb(d.spectra, d.reasons),
             "mle_efficiency": lambda: mle_efficiency(d.spectra, d.metrics, signal_bins, d.reasons),
             "flagged": lambda: flagged_examples(d.spectra, d.raw_tifs, seed, reasons=d.reasons),
+            "joint_fits": lambda: joint_fit_examples(d.joint_fits),
             "molecules": lambda: molecules_histogram(d.molecules),
         },
         "evaluation": {
@@ -259,11 +266,13 @@ def report_stage(
     molecule_csvs: Sequence[PathLike] = (),
     seed: int = 0,
     signal_bins: int = 4,
+    joint_fit_npzs: Mapping[str, PathLike] | Sequence[PathLike] = (),
 ) -> dict[str, Any]:
     """Every figure of :data:`REPORT_FIGURES` (PNG at ``out[key]``) and ``summary.json``.
     ``truth_csvs`` (acquisition -> truth.csv, or a list in the order of ``spectra_csvs``) may
     be empty (real data); ``raw_tifs`` likewise (each acquisition's ``denoised/raw.tif``, for
-    the flagged examples). Only the needed columns of each table are read; every step is
+    the flagged examples) and ``joint_fit_npzs`` (each acquisition's ``joint_fits.npz``, for
+    the joint fits drawn). Only the needed columns of each table are read; every step is
     timed in the log. Returns the summary."""
     timings: dict[str, float] = {}
     with _timed("training", timings):
@@ -271,7 +280,13 @@ def report_stage(
         save_figure(loss_curves(history_csv), out["loss"])
     with _timed("load", timings):
         data = load_report_data(
-            spectra_csvs, precision_csvs, truth_csvs, metrics_json, raw_tifs, molecule_csvs
+            spectra_csvs,
+            precision_csvs,
+            truth_csvs,
+            metrics_json,
+            raw_tifs,
+            molecule_csvs,
+            joint_fit_npzs,
         )
     steps = figure_steps(data, render_zoom, render_sigma_px, seed, signal_bins)
     for step, builders in steps.items():
