@@ -6,12 +6,11 @@ import pandas as pd
 from srsmlm.joint_examples import (
     DRAWN_COLUMNS,
     choose_groups,
-    group_model,
     joint_examples,
     read_examples,
     write_examples,
 )
-from srsmlm.overlaps import joint_readout
+from srsmlm.overlaps import Regions, joint_readout, region_model
 from srsmlm.plots.joint import example_caption, joint_fit_examples, load_examples, pick_rows
 from srsmlm.stack import Stack
 
@@ -29,23 +28,28 @@ def _readout(tmp_path, seed=4, frames=None):
     return table, out
 
 
-def test_group_model_puts_each_spectrum_where_the_values_say():
-    members = pd.DataFrame(
-        {
-            "mle_centre_px": [120.0, 140.5],
-            "mle_row_px": [15.0, 16.5],
-            "sc_mle_width_nm": [5 * CFG.nm_per_px] * 2,
-            "spectral_photons": [1000.0, 3000.0],
-            "background_photons": [2.0, 2.0],
-        }
+def test_region_model_puts_each_spectrum_where_the_values_say():
+    cut = Regions(
+        data=np.zeros((1, 14, 70)),
+        regions=np.array([[1, 3, 12, 64]]),
+        origin=np.array([[10, 100]]),
+        starts=np.array([0, 2]),
+        cols=np.array([0.0, 20.0]),
     )
-    model = group_model(members, (10, 100, 12, 64), CFG.nm_per_px, 1.3)
-    assert model.shape == (12, 64)
-    # all photons inside the region, plus the background
-    assert abs(model.sum() - (4000 + 2.0 * 12 * 64)) < 1
-    # the brighter spectrum peaks at its row (16.5 -> pixel 6 of the region) and column
-    row, col = np.unravel_index(np.argmax(model), model.shape)
-    assert (row, col) == (6, 40)
+    fit = {
+        "N": np.array([1000.0, 3000.0]),
+        "l0": np.array([20.0, 20.5]),
+        "s": np.array([5.0, 5.0]),
+        "y0": np.array([5.0, 6.5]),
+        "b": np.array([2.0]),
+        "starts": cut.starts,
+    }
+    model = region_model(cut, fit, cut.cols, 1.3)[0]
+    assert model.shape == (14, 70)
+    inside = model[1:13, 3:67]
+    assert abs(inside.sum() - (4000 + 2.0 * 12 * 64)) < 1  # all photons in the region
+    # the brighter spectrum peaks at its row (6.5 -> pixel 6) and column (20 + 20.5 -> 40)
+    assert np.unravel_index(np.argmax(inside), inside.shape) == (6, 40)
     assert model.min() >= 2.0
 
 
@@ -133,3 +137,15 @@ def test_examples_round_trip_and_figure(tmp_path):
 def test_pick_rows_takes_each_size_class_in_order():
     ex = [{"group_size": k} for k in (3, 2, 5, 2, 2, 4, 3)]
     assert [e["group_size"] for e in pick_rows(ex, 2)] == [2, 2, 3, 3, 5, 4]
+
+
+def test_no_drawable_group_gives_empty_examples_and_a_note(tmp_path):
+    table, out = _readout(tmp_path)
+    readout = out.assign(mle_joint=False, extra_emitters=0)  # every joint fit failed
+    with Stack(tmp_path / "s.tif") as stack:
+        args = (table["frame"].to_numpy(), readout, table["group"].to_numpy(), CFG, WIDTH, CAM)
+        ex = joint_examples(stack, *args, np.random.default_rng(0))
+    assert ex["data"].shape[0] == 0 and len(ex["member_nm"]) == 0
+    write_examples(ex, tmp_path / "e.npz")
+    fig = joint_fit_examples({"acq": tmp_path / "e.npz"})
+    assert len(fig.axes) == 1

@@ -4,8 +4,8 @@ them.
 
 The model is redrawn from the readout's own values (per emitter: photons, spectral centre, width
 and row; the group's background) on the region the joint fit used (the union of its members'
-readout boxes, :func:`srsmlm.overlaps.joint_readout`), with the same pixel-integrated Gaussian
-profiles (:func:`srsmlm.mle.box_model`). Groups given an unlocalized neighbour
+readout boxes, :func:`srsmlm.overlaps.gather_regions`), with the same pixel-integrated Gaussian
+profiles (:func:`srsmlm.overlaps.region_model`). Groups given an unlocalized neighbour
 (``extra_emitters``) are not drawn: the extra emitter is not part of the table.
 """
 
@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_path
-from .mle import Camera, box_model
+from .mle import Camera
+from .overlaps import gather_regions, region_model
 from .readout import ReadoutConfig
 from .stack import Stack
 
@@ -62,46 +63,6 @@ def choose_groups(
     return picked
 
 
-def group_region(
-    members: pd.DataFrame, cfg: ReadoutConfig, box_width: int, frame_shape: tuple[int, int]
-) -> tuple[int, int, int, int] | None:
-    """The region a group was fitted in (frame row0, col0, height, width: the union of its
-    members' readout boxes), or None where it leaves the frame."""
-    row0 = members["mle_box_row0"].to_numpy(np.int64)
-    col0 = members["mle_box_col0"].to_numpy(np.int64)
-    top, side = int(row0.min()), int(col0.min())
-    h, w = int(row0.max()) + cfg.rows - top, int(col0.max()) + box_width - side
-    if top < 0 or side < 0 or top + h > frame_shape[0] or side + w > frame_shape[1]:
-        return None
-    return top, side, h, w
-
-
-def group_model(
-    members: pd.DataFrame,
-    region: tuple[int, int, int, int],
-    nm_per_px: float,
-    sigma_y: float,
-) -> np.ndarray:
-    """Expected photons per px of a group's fit on its region: the background plus each
-    member's spectrum (photons, centre, width, row of the readout)."""
-    top, side, h, w = region
-    shared = np.column_stack(
-        [
-            members["mle_centre_px"].to_numpy(float) - side,
-            members["sc_mle_width_nm"].to_numpy(float) / nm_per_px,
-        ]
-    )
-    local = np.column_stack(
-        [
-            members["spectral_photons"].to_numpy(float),
-            members["mle_row_px"].to_numpy(float) - top,
-            np.zeros(len(members)),
-        ]
-    )
-    spectra = box_model(shared, local, (h, w), sigma_y).sum(axis=0)
-    return spectra + float(members["background_photons"].to_numpy(float).mean())
-
-
 def joint_examples(
     stack: Stack,
     frames: np.ndarray,
@@ -113,57 +74,72 @@ def joint_examples(
     rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
     """Data (photons) and model of the groups :func:`choose_groups` picks from a joint readout
-    (``frames``: 1-based frame of each row), padded with NaN to one shape; per example its
-    ``frame``, ``group_size``, ``origin`` (frame row, col) and ``p_fit``; per member
-    (``member_example``) its centre ``member_nm``, bound, flag and fitted position in the
-    region (``member_row``, ``member_col``, px)."""
-    drawn, regions = [], []
-    for rows in choose_groups(readout, groups, rng):
-        region = group_region(readout.iloc[rows], cfg, box_width, stack.frame_shape)
-        if region is not None:
-            drawn.append(rows)
-            regions.append(region)
-    h = max((r[2] for r in regions), default=0)
-    w = max((r[3] for r in regions), default=0)
-    data = np.full((len(drawn), h, w), np.nan, np.float32)
-    model = np.full((len(drawn), h, w), np.nan, np.float32)
-    for k, (rows, (top, side, rh, rw)) in enumerate(zip(drawn, regions, strict=True)):
-        (cut,) = stack.gather(frames[rows[:1]], [([top], [side], rh, rw)])
-        data[k, :rh, :rw] = camera.photons(cut[0])
-        region = (top, side, rh, rw)
-        model[k, :rh, :rw] = group_model(
-            readout.iloc[rows], region, cfg.nm_per_px, cfg.settings.sigma_y
+    (``frames``: 1-based frame of each row), each cut to its region and padded with NaN to one
+    shape; per example its ``frame``, ``group_size``, ``origin`` (frame row, col) and ``p_fit``;
+    per member (``member_example``) its centre ``member_nm``, bound, flag and fitted position in
+    the region (``member_row``, ``member_col``, px)."""
+    picked = choose_groups(readout, groups, rng)
+    rows = np.concatenate(picked) if picked else np.empty(0, np.int64)
+    members = readout.iloc[rows]
+    if not picked:
+        none = np.empty((0, 0, 0), np.float32)
+        return _example_arrays(
+            np.zeros(1, np.int64), np.empty((0, 4), np.int64), frames, members, none, none
         )
-    return _example_arrays(drawn, regions, frames, readout, data, model)
+    starts = np.r_[0, np.cumsum([len(p) for p in picked])]
+    col0 = members["mle_box_col0"].to_numpy(np.int64)
+    row0 = members["mle_box_row0"].to_numpy(np.int64)
+    cut = gather_regions(stack, frames[rows], row0, col0, starts, cfg.rows, box_width, camera)
+    member = cut.member
+    fit = {
+        "N": members["spectral_photons"].to_numpy(float),
+        "l0": members["mle_centre_px"].to_numpy(float) - col0,
+        "s": members["sc_mle_width_nm"].to_numpy(float) / cfg.nm_per_px,
+        "y0": members["mle_row_px"].to_numpy(float) - cut.origin[member, 0],
+        "b": members["background_photons"].to_numpy(float)[starts[:-1]],
+        "starts": starts,
+    }
+    model = region_model(cut, fit, cut.cols, cfg.settings.sigma_y)
+    regions = np.column_stack([cut.origin, cut.regions[:, 2:]])
+    data_cut = _cropped(cut.data, cut.regions)
+    model_cut = _cropped(model, cut.regions)
+    return _example_arrays(starts, regions, frames[rows], members, data_cut, model_cut)
+
+
+def _cropped(images: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """Each image's region (row0, col0, h, w) at its top left, NaN beyond (float32)."""
+    out = np.full((len(images), *regions[:, 2:].max(axis=0)), np.nan, np.float32)
+    for k, (r0, c0, h, w) in enumerate(regions):
+        out[k, :h, :w] = images[k, r0 : r0 + h, c0 : c0 + w]
+    return out
 
 
 def _example_arrays(
-    drawn: list[np.ndarray],
-    regions: list[tuple[int, int, int, int]],
+    starts: np.ndarray,
+    regions: np.ndarray,
     frames: np.ndarray,
-    readout: pd.DataFrame,
+    members: pd.DataFrame,
     data: np.ndarray,
     model: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """The arrays :func:`joint_examples` returns, per example and per member."""
-    rows = np.concatenate(drawn) if drawn else np.empty(0, np.int64)
-    origin = np.array([r[:2] for r in regions], np.int64).reshape(-1, 2)
-    member = np.repeat(np.arange(len(drawn)), [len(r) for r in drawn])
-    members = readout.iloc[rows]
+    """The arrays :func:`joint_examples` returns: per example (``starts``: its first member,
+    ``regions``: frame row0, col0, h, w) and per member."""
+    first = starts[:-1]
+    member = np.repeat(np.arange(len(first)), np.diff(starts))
     return {
         "data": data,
         "model": model,
-        "shape": np.array([r[2:] for r in regions], np.int64).reshape(-1, 2),
-        "frame": np.array([frames[r[0]] for r in drawn], np.int64),
-        "group_size": np.array([len(r) for r in drawn], np.int64),
-        "origin": origin,
-        "p_fit": np.array([readout["mle_p_fit"].to_numpy(float)[r[0]] for r in drawn]),
+        "shape": regions[:, 2:].astype(np.int64),
+        "frame": frames[first].astype(np.int64),
+        "group_size": np.diff(starts).astype(np.int64),
+        "origin": regions[:, :2].astype(np.int64),
+        "p_fit": members["mle_p_fit"].to_numpy(float)[first],
         "member_example": member,
         "member_nm": members["sc_mle_nm"].to_numpy(float),
         "member_crlb_nm": members["sc_mle_crlb_nm"].to_numpy(float),
         "member_flag": members["sc_mle_flag"].fillna("").to_numpy(str),
-        "member_row": members["mle_row_px"].to_numpy(float) - origin[member, 0],
-        "member_col": members["mle_centre_px"].to_numpy(float) - origin[member, 1],
+        "member_row": members["mle_row_px"].to_numpy(float) - regions[member, 0],
+        "member_col": members["mle_centre_px"].to_numpy(float) - regions[member, 1],
     }
 
 

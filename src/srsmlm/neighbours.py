@@ -17,18 +17,24 @@ emitter is counted (``extra_emitters``), never written as a localization.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 from scipy.ndimage import gaussian_filter
-from scipy.special import chdtrc, ndtr
+from scipy.special import chdtrc
 
 from .calibration import Calibration
 from .geometry import Geometry
 from .joint import fit_groups
 from .mle import Camera
-from .overlaps import close_members, finite_or
+from .overlaps import (
+    Regions,
+    close_members,
+    gather_regions,
+    region_model,
+    start_from_readout,
+)
 from .readout import ReadoutConfig, flag_fits, readout_table
 from .stack import Stack
 
@@ -51,26 +57,6 @@ SUSPECT_FLAGS = ("not_converged", "truncated", "bad_fit")
 NEIGHBOUR_COLUMNS = ("extra_emitters", "neighbour_tested")
 
 
-@dataclass(frozen=True)
-class Boxes:
-    """Tested boxes, one per unit (a lone localization or a group): ``data`` (U, H, W) photons
-    of a padded frame cut, ``regions`` (U, 4) the fitted region in it (row0, col0, h, w),
-    ``origin`` (U, 2) the region's frame row and column, ``starts`` (U + 1,) each unit's first
-    member, ``cols`` (E,) each member's own box column in its region."""
-
-    data: np.ndarray
-    regions: np.ndarray
-    origin: np.ndarray
-    starts: np.ndarray
-    cols: np.ndarray
-
-    @property
-    def member(self) -> np.ndarray:
-        """The unit of each member."""
-        sizes = np.diff(self.starts)
-        return np.repeat(np.arange(len(sizes)), sizes)
-
-
 def failed_fits(flag: np.ndarray, p_fit: np.ndarray, min_fit_p: float) -> np.ndarray:
     """Fits a missed neighbour may have spoiled: flagged ``SUSPECT_FLAGS``, or ``crowded``
     with a failed deviance test (a group whose joint fit failed keeps its members' single
@@ -90,56 +76,8 @@ def units_to_test(failed: np.ndarray, eligible: np.ndarray, units: np.ndarray) -
     return np.repeat(bad & np.logical_and.reduceat(eligible, starts), sizes)
 
 
-def gather_boxes(
-    stack: Stack,
-    frame: np.ndarray,
-    row0: np.ndarray,
-    col0: np.ndarray,
-    starts: np.ndarray,
-    rows: int,
-    width: int,
-    camera: Camera,
-) -> Boxes:
-    """The region covering each unit's readout boxes (own boxes at frame ``row0``, ``col0``,
-    ``rows`` x ``width`` px, inside the frame), cut from the stack in photons, padded to one
-    shape (the cut moved inward where the frame ends)."""
-    first = starts[:-1]
-    lo_r, lo_c = np.minimum.reduceat(row0, first), np.minimum.reduceat(col0, first)
-    hi_r = np.maximum.reduceat(row0, first) + rows
-    hi_c = np.maximum.reduceat(col0, first) + width
-    frame_h, frame_w = stack.frame_shape
-    pad_h, pad_w = int((hi_r - lo_r).max()), int((hi_c - lo_c).max())
-    top = np.clip(lo_r, 0, frame_h - pad_h)
-    side = np.clip(lo_c, 0, frame_w - pad_w)
-    (data,) = stack.gather(frame[first], [(top, side, pad_h, pad_w)])
-    regions = np.column_stack([lo_r - top, lo_c - side, hi_r - lo_r, hi_c - lo_c])
-    sizes = np.diff(starts)
-    member = np.repeat(np.arange(len(sizes)), sizes)
-    cols = (col0 - lo_c[member]).astype(np.float64)
-    origin = np.column_stack([lo_r, lo_c])
-    return Boxes(camera.photons(data), regions, origin, starts, cols)
-
-
-def model_photons(
-    boxes: Boxes, fit: dict[str, np.ndarray], cols: np.ndarray, sy: float
-) -> np.ndarray:
-    """Expected photons (U, H, W) of each padded cut under a joint fit (per emitter ``N``,
-    ``l0``, ``s``, ``y0`` in region px, column ``cols`` of its box; per unit ``b``):
-    ``b + sum_k N_k g(i; y_k, sy) g(j; c_k + l_k, s_k)``, pixel-integrated Gaussians."""
-    n_units, h, w = boxes.data.shape
-    member = np.repeat(np.arange(n_units), np.diff(fit["starts"]))
-    y = fit["y0"] + boxes.regions[member, 0]
-    x = fit["l0"] + cols + boxes.regions[member, 1]
-    gy = np.diff(ndtr((np.arange(h + 1)[None, :] - y[:, None]) / sy), axis=1)
-    edges = (np.arange(w + 1)[None, :] - x[:, None]) / fit["s"][:, None]
-    gl = np.diff(ndtr(edges), axis=1)
-    mu = np.repeat(fit["b"][:, None, None], h, axis=1).repeat(w, axis=2)
-    np.add.at(mu, member, fit["N"][:, None, None] * gy[:, :, None] * gl[:, None, :])
-    return mu
-
-
 def residual_peaks(
-    boxes: Boxes, mu: np.ndarray, sy: float, s: float
+    boxes: Regions, mu: np.ndarray, sy: float, s: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row, column (padded px) and photons of the largest excess over the model in each
     region: the residual smoothed by the shape of a spectrum (sds ``sy`` x ``s`` px), whose
@@ -157,7 +95,7 @@ def residual_peaks(
 
 
 def with_extra(
-    boxes: Boxes, start: np.ndarray, y_band: float, peaks: tuple, width: int, s: float
+    boxes: Regions, start: np.ndarray, y_band: float, peaks: tuple, width: int, s: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The starts of the K+1 fits: each unit's members (``start`` (E, 5): N, l, s, y, b) then
     one extra emitter at its residual peak (``peaks`` from :func:`residual_peaks`), its own
@@ -192,7 +130,7 @@ def likelihood_ratio_p(ll_small: np.ndarray, ll_large: np.ndarray, dof: int) -> 
 
 
 def _fit(
-    boxes: Boxes,
+    boxes: Regions,
     starts: np.ndarray,
     cols: np.ndarray,
     start: np.ndarray,
@@ -213,7 +151,7 @@ def _fit(
 
 
 def neighbour_fits(
-    boxes: Boxes, start: np.ndarray, width: int, cfg: ReadoutConfig, camera: Camera, p_max: float
+    boxes: Regions, start: np.ndarray, width: int, cfg: ReadoutConfig, camera: Camera, p_max: float
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """The K fit of each box (members from ``start``, rows bounded like the joint readout's),
     the K+1 fit with an extra emitter at the residual maximum, and per unit whether the extra
@@ -227,7 +165,7 @@ def neighbour_fits(
     y_band = 2.0 * cfg.max_row_shift_px
     small = _fit(boxes, boxes.starts, boxes.cols, start, y_band, width, cfg, camera)
     s = cfg.settings.fixed_s if cfg.settings.fixed_s is not None else cfg.s_start
-    mu = model_photons(boxes, small, boxes.cols, cfg.settings.sigma_y)
+    mu = region_model(boxes, small, boxes.cols, cfg.settings.sigma_y)
     peaks = residual_peaks(boxes, mu, cfg.settings.sigma_y, s)
     member = boxes.member
     found = np.column_stack(
@@ -287,18 +225,10 @@ def neighbour_readout(
     row0 = sub["mle_box_row0"].to_numpy(np.int64)
     col0 = sub["mle_box_col0"].to_numpy(np.int64)
     frame = tested["frame"].to_numpy()
-    boxes = gather_boxes(stack, frame, row0, col0, starts, cfg.rows, width, camera)
+    boxes = gather_regions(stack, frame, row0, col0, starts, cfg.rows, width, camera)
     member = boxes.member
     y_region = y[rows] - boxes.origin[member, 0]
-    start = np.column_stack(
-        [
-            finite_or(sub["spectral_photons"].to_numpy(float), 100.0),
-            finite_or(sub["mle_centre_px"].to_numpy(float) - col0, width / 2),
-            finite_or(sub["sc_mle_width_nm"].to_numpy(float) / cfg.nm_per_px, cfg.s_start),
-            y_region,
-            finite_or(sub["background_photons"].to_numpy(float), 1.0),
-        ]
-    )
+    start = start_from_readout(sub, col0, y_region, width, cfg)
     fit, keep, failed = neighbour_fits(boxes, start, width, cfg, camera, p_max)
     left = boxes.origin[member, 1] - col0
     right = left + boxes.regions[member, 3]

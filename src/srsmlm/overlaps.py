@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from scipy.special import ndtr
 
 from .calibration import Calibration
 from .geometry import Geometry
@@ -126,32 +127,16 @@ def _fit_jointly(
     ``s``, ``N``, ``y0`` in region rows, ``var_l0``; per emitter, repeated from its group:
     ``b``, ``p_fit``, ``converged``), and each emitter's group region (frame row0, col0, height,
     width)."""
-    sizes = np.diff(starts)
-    member = np.repeat(np.arange(len(sizes)), sizes)
     width = g.spectral_width + 2 * cfg.margin_px
     row0 = single["mle_box_row0"].to_numpy(np.int64)
     col0 = single["mle_box_col0"].to_numpy(np.int64)
-    lo_r, lo_c = np.minimum.reduceat(row0, starts[:-1]), np.minimum.reduceat(col0, starts[:-1])
-    hi_r = np.maximum.reduceat(row0, starts[:-1]) + cfg.rows
-    hi_c = np.maximum.reduceat(col0, starts[:-1]) + width
-    frame_h, frame_w = stack.frame_shape
-    pad_h, pad_w = int((hi_r - lo_r).max()), int((hi_c - lo_c).max())
-    top = np.clip(lo_r, 0, frame_h - pad_h)
-    side = np.clip(lo_c, 0, frame_w - pad_w)
-    frames = table["frame"].to_numpy()[starts[:-1]]
-    (data,) = stack.gather(frames, [(top, side, pad_h, pad_w)])
-    regions = np.column_stack([lo_r - top, lo_c - side, hi_r - lo_r, hi_c - lo_c])
-    start = np.column_stack(
-        [
-            finite_or(single["spectral_photons"].to_numpy(), 100.0),
-            finite_or(single["mle_centre_px"].to_numpy() - col0, width / 2),
-            finite_or(single["sc_mle_width_nm"].to_numpy() / cfg.nm_per_px, cfg.s_start),
-            table["y"].to_numpy() - lo_r[member],
-            finite_or(single["background_photons"].to_numpy(), 1.0),
-        ]
-    )
-    cols = (col0 - lo_c[member]).astype(np.float64)
-    args = (camera.photons(data), regions, starts, cols)
+    frames = table["frame"].to_numpy()
+    cut = gather_regions(stack, frames, row0, col0, starts, cfg.rows, width, camera)
+    member = cut.member
+    y_region = table["y"].to_numpy() - cut.origin[member, 0]
+    start = start_from_readout(single, col0, y_region, width, cfg)
+    cols = cut.cols
+    args = (cut.data, cut.regions, starts, cols)
     limits = (2.0 * cfg.max_row_shift_px, (0.0, float(width)), cfg.settings, camera)
     fit = fit_groups(*args, start, *limits)
     found = np.column_stack([fit["N"], fit["l0"], fit["s"], start[:, 3], fit["b"][member]])
@@ -159,8 +144,94 @@ def _fit_jointly(
     close = np.logical_or.reduceat(near, starts[:-1])
     other = _refit_some(close, args, _rotated(found, cols, starts), limits, fit)
     fit = _better_or_ambiguous(fit, other, member, cfg)
-    region = np.column_stack([lo_r, lo_c, hi_r - lo_r, hi_c - lo_c])[member]
+    region = np.column_stack([cut.origin, cut.regions[:, 2:]])[member]
     return fit, region
+
+
+@dataclass(frozen=True)
+class Regions:
+    """The regions of units of localizations (a group, or a lone localization's readout box),
+    one each: ``data`` (U, H, W) photons of a padded frame cut, ``regions`` (U, 4) the fitted
+    region in it (row0, col0, h, w), ``origin`` (U, 2) the region's frame row and column,
+    ``starts`` (U + 1,) each unit's first member, ``cols`` (E,) each member's own box column
+    in its region."""
+
+    data: np.ndarray
+    regions: np.ndarray
+    origin: np.ndarray
+    starts: np.ndarray
+    cols: np.ndarray
+
+    @property
+    def member(self) -> np.ndarray:
+        """The unit of each member."""
+        sizes = np.diff(self.starts)
+        return np.repeat(np.arange(len(sizes)), sizes)
+
+
+def gather_regions(
+    stack: Stack,
+    frame: np.ndarray,
+    row0: np.ndarray,
+    col0: np.ndarray,
+    starts: np.ndarray,
+    rows: int,
+    width: int,
+    camera: Camera,
+) -> Regions:
+    """The region covering each unit's readout boxes (own boxes at frame ``row0``, ``col0``,
+    ``rows`` x ``width`` px, inside the frame), cut from the stack in photons, padded to one
+    shape (the cut moved inward where the frame ends)."""
+    first = starts[:-1]
+    lo_r, lo_c = np.minimum.reduceat(row0, first), np.minimum.reduceat(col0, first)
+    hi_r = np.maximum.reduceat(row0, first) + rows
+    hi_c = np.maximum.reduceat(col0, first) + width
+    frame_h, frame_w = stack.frame_shape
+    pad_h, pad_w = int((hi_r - lo_r).max()), int((hi_c - lo_c).max())
+    top = np.clip(lo_r, 0, frame_h - pad_h)
+    side = np.clip(lo_c, 0, frame_w - pad_w)
+    (data,) = stack.gather(frame[first], [(top, side, pad_h, pad_w)])
+    regions = np.column_stack([lo_r - top, lo_c - side, hi_r - lo_r, hi_c - lo_c])
+    sizes = np.diff(starts)
+    member = np.repeat(np.arange(len(sizes)), sizes)
+    cols = (col0 - lo_c[member]).astype(np.float64)
+    origin = np.column_stack([lo_r, lo_c])
+    return Regions(camera.photons(data), regions, origin, starts, cols)
+
+
+def region_model(
+    boxes: Regions, fit: dict[str, np.ndarray], cols: np.ndarray, sy: float
+) -> np.ndarray:
+    """Expected photons (U, H, W) of each padded cut under a joint fit (per emitter ``N``,
+    ``l0``, ``s``, ``y0`` in region px, column ``cols`` of its box; per unit ``b``):
+    ``b + sum_k N_k g(i; y_k, sy) g(j; c_k + l_k, s_k)``, pixel-integrated Gaussians."""
+    n_units, h, w = boxes.data.shape
+    member = np.repeat(np.arange(n_units), np.diff(fit["starts"]))
+    y = fit["y0"] + boxes.regions[member, 0]
+    x = fit["l0"] + cols + boxes.regions[member, 1]
+    gy = np.diff(ndtr((np.arange(h + 1)[None, :] - y[:, None]) / sy), axis=1)
+    edges = (np.arange(w + 1)[None, :] - x[:, None]) / fit["s"][:, None]
+    gl = np.diff(ndtr(edges), axis=1)
+    mu = np.repeat(fit["b"][:, None, None], h, axis=1).repeat(w, axis=2)
+    np.add.at(mu, member, fit["N"][:, None, None] * gy[:, :, None] * gl[:, None, :])
+    return mu
+
+
+def start_from_readout(
+    readout: pd.DataFrame, col0: np.ndarray, y_region: np.ndarray, width: int, cfg: ReadoutConfig
+) -> np.ndarray:
+    """Starts (E, 5) of a joint fit from a readout's values: photons, the centre in each own
+    box (frame column ``col0``), the width in px, the row (``y_region``, region px) and the
+    background; a missing value becomes a neutral start."""
+    return np.column_stack(
+        [
+            finite_or(readout["spectral_photons"].to_numpy(float), 100.0),
+            finite_or(readout["mle_centre_px"].to_numpy(float) - col0, width / 2),
+            finite_or(readout["sc_mle_width_nm"].to_numpy(float) / cfg.nm_per_px, cfg.s_start),
+            y_region,
+            finite_or(readout["background_photons"].to_numpy(float), 1.0),
+        ]
+    )
 
 
 def close_members(y: np.ndarray, starts: np.ndarray, rows: float) -> np.ndarray:
