@@ -9,7 +9,8 @@ from scipy.special import ndtr
 from srsmlm.calibration import Calibration
 from srsmlm.denoised import AnchorConfig
 from srsmlm.geometry import Geometry
-from srsmlm.mle import Camera, FitSettings
+from srsmlm.joint import bounds_at, fit_groups
+from srsmlm.mle import Camera, FitSettings, crlb
 from srsmlm.overlaps import JointConfig, joint_readout, overlap_groups
 from srsmlm.readout import ReadoutConfig
 from srsmlm.spectra import StageSettings, joint_pass
@@ -217,3 +218,45 @@ def test_same_input_same_values_any_threads_and_blocks(tmp_path):
         a = joint_pass(table, stack, StageSettings(G, CAL, CAM, CFG, JOINT, ANCHOR, 4, 1000))
         b = joint_pass(table, stack, StageSettings(G, CAL, CAM, threaded, JOINT, ANCHOR, 4, 7))
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_bounds_at_the_fit_are_the_fits_bounds():
+    """``bounds_at`` the parameters a joint fit converged to gives the bounds the fit reports,
+    and for one emitter the single fit's bound (:func:`srsmlm.mle.crlb`) at the same values."""
+    rng = np.random.default_rng(8)
+    h, w = 12, 70
+    sizes = [2, 3, 1]
+    true = [
+        [(1500.0, 20.0, 11.0, 5.0), (900.0, 32.0, 5.5, 7.0)],
+        [(1500.0, 25.0, 20.0, 4.0), (1200.0, 38.0, 30.0, 6.5), (700.0, 50.0, 40.0, 9.0)],
+        [(2000.0, 30.0, 0.0, 6.0)],
+    ]  # (N, region column of the centre, own box column, row) per emitter
+    data, cols, start = np.empty((len(sizes), h, w)), [], []
+    for g, group in enumerate(true):
+        mu = np.full((h, w), 10.0)
+        for n, centre, col, y in group:
+            mu += n * np.outer(_pixels(y, 1.3, h), _pixels(centre, S_TRUE, w))
+            cols.append(col)
+            start.append((n * 1.1, centre - col + 0.7, S_TRUE * 0.9, y + 0.2, 11.0))
+        data[g] = rng.poisson(mu) + rng.normal(0, CAM.read_noise_adu / 2, mu.shape)
+    starts = np.r_[0, np.cumsum(sizes)]
+    shapes = np.tile([h, w], (len(sizes), 1))
+    regions = np.column_stack([np.zeros((len(sizes), 2), int), shapes])
+    cols, start = np.array(cols), np.array(start)
+    fit = fit_groups(data, regions, starts, cols, start, 2.0, (-10.0, 80.0), CFG.settings, CAM)
+    assert fit["converged"].all() and (fit["iterations"] > 1).all()
+    at = np.column_stack([fit["N"], fit["l0"], fit["s"], fit["y0"]])
+    got = bounds_at(shapes, starts, cols, at, fit["b"], CFG.settings, CAM)
+    for key in ("var_l0", "var_N", "var_y0"):
+        np.testing.assert_allclose(got[key], fit[key], rtol=1e-9)
+    # at the start, not at the fit, the bounds differ: the parameters were not moved
+    moved = bounds_at(shapes, starts, cols, start[:, :4], start[starts[:-1], 4], CFG.settings, CAM)
+    assert not np.allclose(moved["var_l0"], fit["var_l0"], rtol=1e-3)
+    single = crlb(
+        np.array([[fit["l0"][-1], fit["s"][-1]]]),
+        np.array([[fit["N"][-1], fit["y0"][-1], fit["b"][-1]]]),
+        (h, w),
+        CFG.settings,
+        CAM,
+    )
+    np.testing.assert_allclose(single**2, fit["var_l0"][-1], rtol=1e-9)

@@ -17,6 +17,7 @@ Fisher information: what the overlap costs raises it honestly. Parameters: ``b``
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numba
 import numpy as np
@@ -282,6 +283,40 @@ def fit_groups(
         "converged": conv & np.isfinite(ll),
         "b": theta[:, 0].copy(),
     }
+
+
+def bounds_at(
+    shapes: np.ndarray,
+    starts: np.ndarray,
+    cols: np.ndarray,
+    emitters: np.ndarray,
+    b: np.ndarray,
+    settings: FitSettings,
+    camera: Camera,
+) -> dict[str, np.ndarray]:
+    """The bounds :func:`fit_groups` reports, at given parameters instead of at a fit: each
+    group's Fisher information at (``b``, ``emitters``) and ``[I^-1]`` of every emitter's centre,
+    photons and row (the expected information does not depend on the data).
+
+    ``shapes`` (G, 2): each group's region (height, width); ``starts`` (G + 1,) and ``cols`` (E,)
+    as in :func:`fit_groups`; ``emitters`` (E, 4): (N, l, s, y) per emitter, ``l`` in its own box
+    (region column ``cols + l``), ``y`` in region rows; ``b`` (G,) photons/px. A fixed width
+    (``settings.fixed_s``) replaces ``s`` and is not a parameter. Returns per emitter ``var_l0``
+    (px^2), ``var_N``, ``var_y0`` and ``rho``; inf where the information is singular. A fit of
+    no iterations: the parameters are not moved, bounded only as a fit bounds them (N > 0,
+    ``s`` within ``settings.s_bounds``)."""
+    shapes = np.asarray(shapes, dtype=np.int64).reshape(-1, 2)
+    starts = np.asarray(starts, dtype=np.int64)
+    emitters = np.asarray(emitters, dtype=np.float64).reshape(-1, 4)
+    sizes = np.diff(starts)
+    height, width = (int(v) for v in shapes.max(axis=0, initial=1))
+    data = np.zeros((len(shapes), height, width))
+    regions = np.column_stack([np.zeros((len(shapes), 2), np.int64), shapes])
+    member = np.repeat(np.arange(len(sizes)), sizes)
+    start = np.column_stack([emitters, np.asarray(b, dtype=np.float64)[member]])
+    still = replace(settings, max_iterations=0)
+    fit = fit_groups(data, regions, starts, cols, start, np.inf, (-np.inf, np.inf), still, camera)
+    return {key: fit[key] for key in ("var_l0", "var_N", "var_y0", "rho")}
 
 
 def _packed_start(
