@@ -1,5 +1,7 @@
 """Joint fit of overlapping spectra: calibrated bounds, honest flags, groups, determinism."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,6 +17,8 @@ from srsmlm.overlaps import JointConfig, joint_readout, overlap_groups
 from srsmlm.readout import ReadoutConfig
 from srsmlm.spectra import StageSettings, joint_pass
 from srsmlm.stack import Stack
+
+from .conftest import section
 
 G = Geometry(16, 16, 48, 230)
 NM_PER_PX = 2.06
@@ -36,8 +40,10 @@ CFG = ReadoutConfig(
     nm_per_px=NM_PER_PX,
 )
 #: every localization whose readout box overlaps another's (9 rows) is fitted with it
-JOINT = JointConfig(
-    max_group_size=4, group_rows_px=9.0, min_row_separation_px=1.5, neighbour_p=1e-4
+JOINT = JointConfig.from_config(
+    section(
+        "spectra", max_group_size=4, group_rows_px=9.0, min_row_separation_px=1.5, neighbour_p=1e-4
+    )
 )
 
 
@@ -99,7 +105,7 @@ def _pair_grid(path, per_cell, seed):
     table = _grouped(_stack(path, rng, frames))
     assert (table["group_size"] == 2).all()
     with Stack(path) as stack:
-        out = joint_readout(stack, table, G, CAL, CAM, CFG, JOINT.min_row_separation_px)
+        out = joint_readout(stack, table, G, CAL, CAM, CFG, JOINT)
     cell = pd.DataFrame(labels, columns=["dy", "dc", "ratio"])
     return pd.concat([table, out.drop(columns="group_size"), cell], axis=1)
 
@@ -169,9 +175,7 @@ def test_close_spectra_without_a_signal_are_all_flagged(tmp_path):
     rng = np.random.default_rng(5)
     table = _grouped(_stack(tmp_path / "s.tif", rng, _pairs(rng, 40, 1, 10, 3.0)))
     with Stack(tmp_path / "s.tif") as stack:
-        out = joint_readout(
-            stack, table.drop(columns="signal"), G, CAL, CAM, CFG, JOINT.min_row_separation_px
-        )
+        out = joint_readout(stack, table.drop(columns="signal"), G, CAL, CAM, CFG, JOINT)
     assert (out["sc_mle_flag"] != "").all()
     assert (out["sc_mle_flag"] == "crowded").any()
 
@@ -202,7 +206,7 @@ def test_group_above_the_cap_is_flagged_crowded_never_dropped(tmp_path):
         joint = joint_pass(table, stack, st)
     assert list(joint.index) == [5, 6]  # the five above the cap keep their single fits
     assert (joint["group_size"] == 2).all()
-    cap5 = JointConfig(5, JOINT.group_rows_px, JOINT.min_row_separation_px, JOINT.neighbour_p)
+    cap5 = replace(JOINT, max_group_size=5)
     with Stack(tmp_path / "s.tif") as stack:
         joint = joint_pass(table, stack, StageSettings(G, CAL, CAM, CFG, cap5, ANCHOR, 4, 100))
     assert list(joint.index) == list(range(7)) and (joint["group_size"].iloc[:5] == 5).all()

@@ -24,7 +24,7 @@ def _readout(tmp_path, seed=4, frames=None):
     frames = frames or _pairs(rng, 12, 2, 10, 1.0)
     table = _grouped(_stack(tmp_path / "s.tif", rng, frames))
     with Stack(tmp_path / "s.tif") as stack:
-        out = joint_readout(stack, table, G, CAL, CAM, CFG, JOINT.min_row_separation_px)
+        out = joint_readout(stack, table, G, CAL, CAM, CFG, JOINT)
     return table, out
 
 

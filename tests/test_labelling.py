@@ -5,12 +5,18 @@ import pytest
 
 from srsmlm.labelling import (
     MIN_REFERENCE,
+    LabelRules,
     close_pairs,
     learn_consistency,
     resolve_labelling,
 )
+from srsmlm.overlaps import JointConfig
+
+from .conftest import section
 
 WIDTH = 64.0
+#: the configured rules, pairs closer than 1.5 rows checked
+RULES: LabelRules = JointConfig.from_config(section("spectra", min_row_separation_px=1.5)).labels
 
 
 def _groups(rng, n_pairs, n_alone, signals, dy=0.8, swapped=None, photons=None):
@@ -73,7 +79,7 @@ def test_swapped_spectra_are_handed_back_by_their_photons():
     swapped = rng.random(100) < 0.5
     fit, y_loc, signal, col0, r0, starts, truth = _groups(rng, 100, 200, [1000.0, 3000.0], 0.6,
                                                           swapped)  # fmt: skip
-    out, ambiguous = resolve_labelling(fit, y_loc, signal, col0, r0, starts, 1.5, WIDTH)
+    out, ambiguous = resolve_labelling(fit, y_loc, signal, col0, r0, starts, RULES, WIDTH)
     np.testing.assert_allclose(out["l0"] + col0, truth)
     # only the consistency test's 5 % of chance disagreements are left in doubt
     assert not ambiguous[:200].any() and ambiguous[200:].mean() <= 0.12
@@ -83,13 +89,13 @@ def test_swapped_spectra_are_handed_back_by_their_photons():
 def test_equal_spectra_on_one_row_are_ambiguous_and_a_merged_fit_is_caught():
     rng = np.random.default_rng(3)
     fit, y_loc, signal, col0, r0, starts, _ = _groups(rng, 50, 200, [2000.0, 2000.0], 0.0)
-    _, ambiguous = resolve_labelling(fit, y_loc, signal, col0, r0, starts, 1.5, WIDTH)
+    _, ambiguous = resolve_labelling(fit, y_loc, signal, col0, r0, starts, RULES, WIDTH)
     assert ambiguous[200:].all() and not ambiguous[:200].any()
     # one spectrum took most of its neighbour's photons: rows fine, photons not
     fit, y_loc, signal, col0, r0, starts, _ = _groups(
         rng, 50, 200, [1000.0, 3000.0], 1.0, photons=[1900.0, 2100.0]
     )
-    _, ambiguous = resolve_labelling(fit, y_loc, signal, col0, r0, starts, 1.5, WIDTH)
+    _, ambiguous = resolve_labelling(fit, y_loc, signal, col0, r0, starts, RULES, WIDTH)
     assert ambiguous[200:].mean() >= 0.95
 
 
@@ -97,7 +103,7 @@ def test_without_a_signal_every_close_pair_is_ambiguous():
     rng = np.random.default_rng(4)
     fit, y_loc, signal, col0, r0, starts, truth = _groups(rng, 30, 200, [1000.0, 3000.0], 1.0)
     out, ambiguous = resolve_labelling(
-        fit, y_loc, np.full(len(y_loc), np.nan), col0, r0, starts, 1.5, WIDTH
+        fit, y_loc, np.full(len(y_loc), np.nan), col0, r0, starts, RULES, WIDTH
     )
     assert ambiguous[200:].all() and not ambiguous[:200].any()
     np.testing.assert_allclose(out["l0"] + col0, truth)  # the rows keep the right labelling
@@ -110,15 +116,15 @@ def test_a_swap_that_would_put_a_spectrum_outside_its_box_is_not_made():
     col0 = col0.copy()
     col0[201::2] += 50.0  # the second member's box no longer reaches the first's spectrum
     before = fit["l0"] + col0
-    out, _ = resolve_labelling(fit, y_loc, signal, col0, r0, starts, 1.5, WIDTH)
+    out, _ = resolve_labelling(fit, y_loc, signal, col0, r0, starts, RULES, WIDTH)
     np.testing.assert_array_equal(out["l0"] + col0, before)
 
 
 def test_same_input_same_output():
     rng = np.random.default_rng(6)
     args = _groups(rng, 40, 200, [1000.0, 3000.0], 0.6, rng.random(40) < 0.5)[:-1]
-    a, amb_a = resolve_labelling(*args, 1.5, WIDTH)
-    b, amb_b = resolve_labelling(*args, 1.5, WIDTH)
+    a, amb_a = resolve_labelling(*args, RULES, WIDTH)
+    b, amb_b = resolve_labelling(*args, RULES, WIDTH)
     np.testing.assert_array_equal(amb_a, amb_b)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])

@@ -15,11 +15,11 @@ scores spectrum ``a`` for localization ``i``: ``var y_a`` and ``var N_a`` are th
 joint fit (an overlap that blurs a row or a photon count widens its term), ``e_y`` and ``e_k``
 what the well-separated members spread beyond their bounds (the localization's own error, the
 signal's). For every pair of members closer than
-``min_row_separation_px`` the swap is scored: a better swap is made; a swap within
-:data:`LABEL_LOG_ODDS` of the kept labelling (the wrong one at least 1 % likely), or a pair on
-one row (:data:`SAME_ROW_PX`) whose swap is possible, leaves the pair's labelling ambiguous, and
-a member whose row and photons disagree with its localization's is not trusted either (both
-flagged ``crowded``). Without a learnt photon spread (too few well-separated members, or no
+``min_row_separation_px`` the swap is scored: a better swap is made; a swap whose odds against
+the kept labelling are below ``label_odds`` (99: the wrong one at least 1 % likely), or a pair on
+one row (closer than ``same_row_px``) whose swap is possible, leaves the pair's labelling
+ambiguous, and a member whose row and photons disagree with its localization's (p below
+``label_consistency_p``) is not trusted either (both flagged ``crowded``). Without a learnt photon spread (too few well-separated members, or no
 signal) no close member is trusted: the rows alone cannot see a merged fit.
 """
 
@@ -34,19 +34,26 @@ from scipy.stats import median_abs_deviation
 
 log = logging.getLogger(__name__)
 
-#: a swap scored within this of the kept labelling (odds 99:1) leaves the labelling ambiguous
-LABEL_LOG_ODDS = float(np.log(99.0))
-#: a close member whose row and photons disagree with its localization's below this p-value
-#: (chi-square of its score) is not trusted: a merged fit
-MIN_CONSISTENCY_P = 0.05
-#: localizations closer than this in y (px) are on one row: their overlapping spectra are not
-#: trusted whatever the photons say (measured: a 1:3 pair 5-20 px apart is read 3-10x worse
-#: than its bound there)
-SAME_ROW_PX = 0.5
 #: fewer well-separated members than this: their spread is not learnt (see the module docstring)
 MIN_REFERENCE = 30
 #: the per-emitter arrays of a joint fit that travel with a spectrum when it is handed over
 SPECTRUM_KEYS = ("N", "s", "y0", "var_l0", "var_N", "var_y0", "rho")
+
+
+@dataclass(frozen=True)
+class LabelRules:
+    """The ``spectra:`` keys of the labelling: members closer than ``rows`` (px,
+    ``min_row_separation_px``) are close; a swap whose odds against the kept labelling are below
+    ``odds`` (``label_odds``) leaves the pair ambiguous; a close member whose row and photons
+    disagree with its localization's below ``consistency_p`` (``label_consistency_p``: the
+    chi-square of its score) is a merged fit; localizations closer than ``same_row_px`` (px) in
+    y are on one row, their overlapping spectra not trusted whatever the photons say (measured:
+    a 1:3 pair 5-20 px apart is read 3-10x worse than its bound there)."""
+
+    rows: float
+    odds: float
+    consistency_p: float
+    same_row_px: float
 
 
 @dataclass(frozen=True)
@@ -155,19 +162,19 @@ def resolve_labelling(
     col0: np.ndarray,
     region_row0: np.ndarray,
     starts: np.ndarray,
-    rows: float,
+    rules: LabelRules,
     width: float,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The joint fits with the spectra of close members (nearer than ``rows`` in y) relabelled
-    where a swap scores better, and the mask of members whose labelling stays ambiguous (see the
+    """The joint fits with the spectra of close members (nearer than ``rules.rows`` in y)
+    relabelled where a swap scores better, and the mask of members whose labelling stays ambiguous (see the
     module docstring). ``fit``: per emitter ``l0`` (px in the own box starting at frame column
     ``col0``, ``width`` wide), ``y0`` (rows of the group's region starting at frame row
     ``region_row0``), ``N``, ``var_l0``, ...; ``y_loc`` (frame rows) and ``signal`` (photons,
     NaN if unknown) of each localization; ``starts``: each group's first member."""
     y_fit = fit["y0"] + region_row0
     centre = fit["l0"] + col0
-    i, j = close_pairs(y_loc, starts, rows)
-    far = ~members_of(close_pairs(y_loc, starts, 2.0 * rows), len(y_loc))
+    i, j = close_pairs(y_loc, starts, rules.rows)
+    far = ~members_of(close_pairs(y_loc, starts, 2.0 * rules.rows), len(y_loc))
     with np.errstate(divide="ignore", invalid="ignore"):
         log_ratio = np.log(fit["N"]) - np.log(signal)
         var_log_ratio = fit["var_N"] / fit["N"] ** 2
@@ -181,12 +188,13 @@ def resolve_labelling(
         if swap_gain(framed, (i[p : p + 1], j[p : p + 1]), y_loc, signal, c)[0] > 0:
             framed, centre = swap_spectra(framed, i[p : p + 1], j[p : p + 1], centre, col0)
     gain = _possible(swap_gain(framed, (i, j), y_loc, signal, c), i, j, centre, col0, width)
-    # on one row (closer than SAME_ROW_PX) two overlapping spectra share their photons in a
-    # way the fit does not pin down: only a pair whose swap is impossible is read
-    one_row = np.abs(y_loc[i] - y_loc[j]) < SAME_ROW_PX
-    unsure = (gain > -LABEL_LOG_ODDS) | (one_row & np.isfinite(gain))
+    # on one row two overlapping spectra share their photons in a way the fit does not pin
+    # down: only a pair whose swap is impossible is read
+    one_row = np.abs(y_loc[i] - y_loc[j]) < rules.same_row_px
+    unsure = (gain > -np.log(rules.odds)) | (one_row & np.isfinite(gain))
     ambiguous = members_of((i[unsure], j[unsure]), len(y_loc))
-    ambiguous |= members_of((i, j), len(y_loc)) & ~_consistent(framed, y_loc, signal, c)
+    consistent = _consistent(framed, y_loc, signal, c, rules.consistency_p)
+    ambiguous |= members_of((i, j), len(y_loc)) & ~consistent
     log.info(
         "labelling of %d close pairs: rows %+.2f px +- %.2f beyond their bounds, log photon ratio "
         "%+.2f +- %.2f (from %d well-separated members); %d pairs ambiguous, %d members flagged",
@@ -197,17 +205,21 @@ def resolve_labelling(
 
 
 def _consistent(
-    fit: dict[str, np.ndarray], y_loc: np.ndarray, signal: np.ndarray, c: Consistency
+    fit: dict[str, np.ndarray],
+    y_loc: np.ndarray,
+    signal: np.ndarray,
+    c: Consistency,
+    p_min: float,
 ) -> np.ndarray:
     """Whether each member's spectrum agrees with its localization in row and photons (the
-    score's chi-square, p >= :data:`MIN_CONSISTENCY_P`). A merged fit, one spectrum taking a
+    score's chi-square, p >= ``p_min``). A merged fit, one spectrum taking a
     close neighbour's photons, fails on the photons; without a learnt photon spread (or a
     signal) nothing is consistent: rows alone cannot see a merge."""
     n = np.arange(len(y_loc))
     chi2 = -2.0 * _score(fit, n, n, y_loc, signal, c)
     dof = 1.0 + np.isfinite(c.e_y)
     known = np.isfinite(c.e_k) & (signal > 0) & np.isfinite(fit["N"])
-    return known & (chdtrc(dof, chi2) >= MIN_CONSISTENCY_P)
+    return known & (chdtrc(dof, chi2) >= p_min)
 
 
 def _possible(

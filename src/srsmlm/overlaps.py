@@ -18,7 +18,7 @@ from scipy.special import ndtr
 from .calibration import Calibration
 from .geometry import Geometry
 from .joint import fit_groups
-from .labelling import close_pairs, members_of, resolve_labelling
+from .labelling import LabelRules, close_pairs, members_of, resolve_labelling
 from .mle import Camera
 from .readout import (
     ReadoutConfig,
@@ -30,20 +30,23 @@ from .readout import (
 )
 from .stack import Stack
 
-#: a group whose two labellings of its spectra have log-likelihoods closer than this fits both
-#: about equally well: its spectra cannot be assigned to their localizations
-AMBIGUOUS_LOGLIK = 3.0
-
 
 @dataclass(frozen=True)
 class JointConfig:
-    """The ``spectra:`` keys of the joint fit of overlapping spectra (and of the test for an
-    unlocalized neighbour, :mod:`srsmlm.neighbours`)."""
+    """The ``spectra:`` keys of the joint fit of overlapping spectra, of the labelling of its
+    spectra (:class:`srsmlm.labelling.LabelRules`) and of the test for an unlocalized neighbour
+    (:mod:`srsmlm.neighbours`). ``ambiguous_loglik``: a group whose two labellings of its
+    spectra have log-likelihoods closer than this fits both about equally well, its spectra
+    cannot be assigned to their localizations."""
 
     max_group_size: int
     group_rows_px: float
     min_row_separation_px: float
     neighbour_p: float
+    label_odds: float
+    label_consistency_p: float
+    same_row_px: float
+    ambiguous_loglik: float
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> JointConfig:
@@ -52,6 +55,17 @@ class JointConfig:
             group_rows_px=float(section["group_rows_px"]),
             min_row_separation_px=float(section["min_row_separation_px"]),
             neighbour_p=float(section["neighbour_p"]),
+            label_odds=float(section["label_odds"]),
+            label_consistency_p=float(section["label_consistency_p"]),
+            same_row_px=float(section["same_row_px"]),
+            ambiguous_loglik=float(section["ambiguous_loglik"]),
+        )
+
+    @property
+    def labels(self) -> LabelRules:
+        """The labelling's rules."""
+        return LabelRules(
+            self.min_row_separation_px, self.label_odds, self.label_consistency_p, self.same_row_px
         )
 
 
@@ -78,27 +92,27 @@ def joint_readout(
     cal: Calibration,
     camera: Camera,
     cfg: ReadoutConfig,
-    min_row_separation: float,
+    joint: JointConfig,
 ) -> pd.DataFrame:
     """:func:`mle_readout` of the localizations of groups of two or more
     (``table`` holds whole groups, consecutive, in a ``group`` column): each group fitted
     jointly in the region covering its members' readout boxes (:func:`srsmlm.joint.fit_groups`),
     started from the single fits; a group whose joint fit fails keeps its single fits, flagged
-    ``crowded``. Members closer than ``min_row_separation`` in y have their spectra assigned by
-    rows and photons (:func:`srsmlm.labelling.resolve_labelling`; ambiguous: ``crowded``).
+    ``crowded``. Members closer than ``joint.min_row_separation_px`` in y have their spectra
+    assigned by rows and photons (:func:`srsmlm.labelling.resolve_labelling`; ambiguous: ``crowded``).
     Flags are judged per emitter from the joint fit, ``bad_fit`` by the group's deviance test.
     Adds ``group_size`` and ``mle_joint`` (the values are the joint fit's)."""
     boxes = gather_photons(stack, table, g, cfg, camera)
     single = fit_readout(boxes, table.assign(crowded=True), g, cal, camera, cfg)
     groups = table["group"].to_numpy()
     starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1], True])
-    fit, region = _fit_jointly(stack, table, single, starts, g, cfg, camera, min_row_separation)
+    fit, region = _fit_jointly(stack, table, single, starts, g, cfg, camera, joint)
     row0, col0 = boxes[1], boxes[2]
     signal = table["signal"].to_numpy(float) if "signal" in table else np.full(len(table), np.nan)
     width = g.spectral_width + 2 * cfg.margin_px
     y = table["y"].to_numpy(float)
     fit, unresolved = resolve_labelling(
-        fit, y, signal, col0, region[:, 0], starts, min_row_separation, width
+        fit, y, signal, col0, region[:, 0], starts, joint.labels, width
     )
     left = region[:, 1] - col0  # the region's columns in each emitter's own box
     right = left + region[:, 3]
@@ -121,7 +135,7 @@ def _fit_jointly(
     g: Geometry,
     cfg: ReadoutConfig,
     camera: Camera,
-    min_row_separation: float,
+    joint: JointConfig,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The joint fits of the groups starting at ``starts`` (per emitter: ``l0`` in its own box,
     ``s``, ``N``, ``y0`` in region rows, ``var_l0``; per emitter, repeated from its group:
@@ -140,10 +154,10 @@ def _fit_jointly(
     limits = (2.0 * cfg.max_row_shift_px, (0.0, float(width)), cfg.settings, camera)
     fit = fit_groups(*args, start, *limits)
     found = np.column_stack([fit["N"], fit["l0"], fit["s"], start[:, 3], fit["b"][member]])
-    near = close_members(table["y"].to_numpy(), starts, 2.0 * min_row_separation)
+    near = close_members(table["y"].to_numpy(), starts, 2.0 * joint.min_row_separation_px)
     close = np.logical_or.reduceat(near, starts[:-1])
     other = _refit_some(close, args, _rotated(found, cols, starts), limits, fit)
-    fit = _better_or_ambiguous(fit, other, member, cfg)
+    fit = _better_or_ambiguous(fit, other, member, joint.ambiguous_loglik)
     region = np.column_stack([cut.origin, cut.regions[:, 2:]])[member]
     return fit, region
 
@@ -290,10 +304,13 @@ def _rotated(start: np.ndarray, cols: np.ndarray, starts: np.ndarray) -> np.ndar
 
 
 def _better_or_ambiguous(
-    fit: dict[str, np.ndarray], other: dict[str, np.ndarray], member: np.ndarray, cfg: ReadoutConfig
+    fit: dict[str, np.ndarray],
+    other: dict[str, np.ndarray],
+    member: np.ndarray,
+    ambiguous_loglik: float,
 ) -> dict[str, np.ndarray]:
     """Per group, the fit with the higher likelihood; a group whose two labellings fit about
-    equally well (log-likelihoods within ``AMBIGUOUS_LOGLIK``) but place a spectrum differently
+    equally well (log-likelihoods within ``ambiguous_loglik``) but place a spectrum differently
     (by more than twice its bound) is not converged: its spectra cannot be told apart."""
     take = other["loglik"] > fit["loglik"]
     per_emitter = take[member]
@@ -304,7 +321,7 @@ def _better_or_ambiguous(
     bound = 2.0 * np.sqrt(np.maximum(fit["var_l0"], other["var_l0"]))
     apart = np.zeros(len(take), bool)
     np.logical_or.at(apart, member, ~(np.abs(fit["l0"] - other["l0"]) <= bound))
-    close = np.abs(fit["loglik"] - other["loglik"]) < AMBIGUOUS_LOGLIK
+    close = np.abs(fit["loglik"] - other["loglik"]) < ambiguous_loglik
     best["converged"] = best["converged"] & ~(close & apart)
     for key in ("b", "p_fit", "converged"):
         best[key] = best[key][member]

@@ -309,7 +309,7 @@ def _group_readout(stack: Stack, rows: pd.DataFrame, st: StageSettings) -> pd.Da
     """The joint readout of whole groups (:func:`srsmlm.overlaps.joint_readout`), a group whose
     fit failed tested for an unlocalized neighbour (:func:`srsmlm.neighbours.neighbour_readout`)."""
     g, cal, camera, cfg = st.geometry, st.cal, st.camera, st.cfg
-    fit = joint_readout(stack, rows, g, cal, camera, cfg, st.joint.min_row_separation_px)
+    fit = joint_readout(stack, rows, g, cal, camera, cfg, st.joint)
     units = rows["group"].to_numpy()
     p, close = st.joint.neighbour_p, st.joint.min_row_separation_px
     return neighbour_readout(stack, rows, fit, units, g, cal, camera, cfg, p, close)
