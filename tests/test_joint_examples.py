@@ -42,9 +42,8 @@ def test_region_model_puts_each_spectrum_where_the_values_say():
         "s": np.array([5.0, 5.0]),
         "y0": np.array([5.0, 6.5]),
         "b": np.array([2.0]),
-        "starts": cut.starts,
     }
-    model = region_model(cut, fit, cut.cols, 1.3)[0]
+    model = region_model(cut, fit, 1.3)[0]
     assert model.shape == (14, 70)
     inside = model[1:13, 3:67]
     assert abs(inside.sum() - (4000 + 2.0 * 12 * 64)) < 1  # all photons in the region

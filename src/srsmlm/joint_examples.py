@@ -97,9 +97,8 @@ def joint_examples(
         "s": members["sc_mle_width_nm"].to_numpy(float) / cfg.nm_per_px,
         "y0": members["mle_row_px"].to_numpy(float) - cut.origin[member, 0],
         "b": members["background_photons"].to_numpy(float)[starts[:-1]],
-        "starts": starts,
     }
-    model = region_model(cut, fit, cut.cols, cfg.settings.sigma_y)
+    model = region_model(cut, fit, cfg.settings.sigma_y)
     regions = np.column_stack([cut.origin, cut.regions[:, 2:]])
     data_cut = _cropped(cut.data, cut.regions)
     model_cut = _cropped(model, cut.regions)

@@ -19,8 +19,9 @@ signal's). For every pair of members closer than
 the kept labelling are below ``label_odds`` (99: the wrong one at least 1 % likely), or a pair on
 one row (closer than ``same_row_px``) whose swap is possible, leaves the pair's labelling
 ambiguous, and a member whose row and photons disagree with its localization's (p below
-``label_consistency_p``) is not trusted either (both flagged ``crowded``). Without a learnt photon spread (too few well-separated members, or no
-signal) no close member is trusted: the rows alone cannot see a merged fit.
+``label_consistency_p``) is not trusted either (both flagged ``crowded``). Without a learnt
+photon spread (too few well-separated members, or no signal) no close member is trusted: the
+rows alone cannot see a merged fit.
 """
 
 from __future__ import annotations
@@ -166,8 +167,8 @@ def resolve_labelling(
     width: float,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The joint fits with the spectra of close members (nearer than ``rules.rows`` in y)
-    relabelled where a swap scores better, and the mask of members whose labelling stays ambiguous (see the
-    module docstring). ``fit``: per emitter ``l0`` (px in the own box starting at frame column
+    relabelled where a swap scores better, and the mask of members whose labelling stays
+    ambiguous (see the module docstring). ``fit``: per emitter ``l0`` (px in the own box starting at frame column
     ``col0``, ``width`` wide), ``y0`` (rows of the group's region starting at frame row
     ``region_row0``), ``N``, ``var_l0``, ...; ``y_loc`` (frame rows) and ``signal`` (photons,
     NaN if unknown) of each localization; ``starts``: each group's first member."""

@@ -165,7 +165,7 @@ def neighbour_fits(
     y_band = 2.0 * cfg.max_row_shift_px
     small = _fit(boxes, boxes.starts, boxes.cols, start, y_band, width, cfg, camera)
     s = cfg.settings.fixed_s if cfg.settings.fixed_s is not None else cfg.s_start
-    mu = region_model(boxes, small, boxes.cols, cfg.settings.sigma_y)
+    mu = region_model(boxes, small, cfg.settings.sigma_y)
     peaks = residual_peaks(boxes, mu, cfg.settings.sigma_y, s)
     member = boxes.member
     found = np.column_stack(
@@ -205,11 +205,12 @@ def neighbour_readout(
     """``readout`` (:func:`srsmlm.readout.mle_readout` or
     :func:`srsmlm.overlaps.joint_readout` of ``table``; ``units``: the box of each row, rows
     of one box consecutive) with the ``NEIGHBOUR_COLUMNS`` added: each box whose fit failed
-    (:func:`failed_fits`) tested for one unlocalized neighbour (:func:`neighbour_fits`); where the extra emitter is kept,
-    its members take the K+1 fit's values and are flagged again (``crowded`` where two, or a
-    member and the extra emitter, are closer than ``min_row_separation`` rows). A box whose test fails
-    (a failed fit, non-finite coordinates) keeps its readout; so does a localization of a group
-    too large to be fitted jointly (``crowded`` column of ``table``)."""
+    (:func:`failed_fits`) tested for one unlocalized neighbour (:func:`neighbour_fits`); where
+    the extra emitter is kept, its members take the K+1 fit's values and are flagged again
+    (``crowded`` where two, or a member and the extra emitter, are closer than
+    ``min_row_separation`` rows). A box whose test fails (a failed fit, non-finite coordinates)
+    keeps its readout; so does a localization of a group too large to be fitted jointly
+    (``crowded`` column of ``table``)."""
     out = readout.assign(extra_emitters=0, neighbour_tested=False)
     units = np.asarray(units)
     x, y = table["x"].to_numpy(float), table["y"].to_numpy(float)

@@ -99,7 +99,8 @@ def joint_readout(
     jointly in the region covering its members' readout boxes (:func:`srsmlm.joint.fit_groups`),
     started from the single fits; a group whose joint fit fails keeps its single fits, flagged
     ``crowded``. Members closer than ``joint.min_row_separation_px`` in y have their spectra
-    assigned by rows and photons (:func:`srsmlm.labelling.resolve_labelling`; ambiguous: ``crowded``).
+    assigned by rows and photons (:func:`srsmlm.labelling.resolve_labelling`; ambiguous:
+    ``crowded``).
     Flags are judged per emitter from the joint fit, ``bad_fit`` by the group's deviance test.
     Adds ``group_size`` and ``mle_joint`` (the values are the joint fit's)."""
     boxes = gather_photons(stack, table, g, cfg, camera)
@@ -206,23 +207,20 @@ def gather_regions(
     side = np.clip(lo_c, 0, frame_w - pad_w)
     (data,) = stack.gather(frame[first], [(top, side, pad_h, pad_w)])
     regions = np.column_stack([lo_r - top, lo_c - side, hi_r - lo_r, hi_c - lo_c])
-    sizes = np.diff(starts)
-    member = np.repeat(np.arange(len(sizes)), sizes)
-    cols = (col0 - lo_c[member]).astype(np.float64)
+    cols = (col0 - np.repeat(lo_c, np.diff(starts))).astype(np.float64)
     origin = np.column_stack([lo_r, lo_c])
     return Regions(camera.photons(data), regions, origin, starts, cols)
 
 
-def region_model(
-    boxes: Regions, fit: dict[str, np.ndarray], cols: np.ndarray, sy: float
-) -> np.ndarray:
-    """Expected photons (U, H, W) of each padded cut under a joint fit (per emitter ``N``,
-    ``l0``, ``s``, ``y0`` in region px, column ``cols`` of its box; per unit ``b``):
-    ``b + sum_k N_k g(i; y_k, sy) g(j; c_k + l_k, s_k)``, pixel-integrated Gaussians."""
-    n_units, h, w = boxes.data.shape
-    member = np.repeat(np.arange(n_units), np.diff(fit["starts"]))
+def region_model(boxes: Regions, fit: dict[str, np.ndarray], sy: float) -> np.ndarray:
+    """Expected photons (U, H, W) of each padded cut under a fit of its members (per member
+    ``N``, ``l0`` in its own box, which starts at region column ``boxes.cols``, ``s``, ``y0`` in
+    region px; per unit ``b``): ``b + sum_k N_k g(i; y_k, sy) g(j; c_k + l_k, s_k)``,
+    pixel-integrated Gaussians."""
+    _, h, w = boxes.data.shape
+    member = boxes.member
     y = fit["y0"] + boxes.regions[member, 0]
-    x = fit["l0"] + cols + boxes.regions[member, 1]
+    x = fit["l0"] + boxes.cols + boxes.regions[member, 1]
     gy = np.diff(ndtr((np.arange(h + 1)[None, :] - y[:, None]) / sy), axis=1)
     edges = (np.arange(w + 1)[None, :] - x[:, None]) / fit["s"][:, None]
     gl = np.diff(ndtr(edges), axis=1)
