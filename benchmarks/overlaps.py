@@ -43,10 +43,10 @@ from srsmlm.geometry import Geometry
 from srsmlm.joint import bounds_at
 from srsmlm.localizations import filter_localizations, read_localizations
 from srsmlm.mle import crlb
-from srsmlm.overlaps import overlap_groups
+from srsmlm.mle_table import joint_pass, with_groups
 from srsmlm.readout import mle_readout, readout_boxes
 from srsmlm.simulate import SimulationParams, simulate_acquisition
-from srsmlm.spectra import StageSettings, joint_pass, stage_settings
+from srsmlm.spectra import StageSettings, stage_settings
 from srsmlm.stack import Stack
 
 #: condition -> (seed, mean photons, overrides of the simulation section, of the camera section)
@@ -94,12 +94,9 @@ def readout(stack_path: Path, locs: pd.DataFrame, camera: dict, **spectra_keys) 
     spectra = section("spectra", **spectra_keys)
     st = stage_settings(spectra, camera, g, threads=2)
     boxes = place_boxes(*(locs[c].to_numpy() for c in ("frame", "pixel_x", "pixel_y")), g)
-    table = locs.reset_index(drop=True).assign(spec_col0=boxes.spec_col0)
-    table["group"] = overlap_groups(table, g, st.cfg, st.joint)
-    table["group_size"] = np.bincount(table["group"])[table["group"]]
-    table["crowded"] = table["group_size"] > st.joint.max_group_size
+    table = with_groups(locs.reset_index(drop=True).assign(spec_col0=boxes.spec_col0), st.reader)
     with Stack(stack_path) as stack:
-        joint = joint_pass(table, stack, st)
+        joint = joint_pass(table, stack, st.reader, st.chunk_size)
         alone = table[~table.index.isin(joint.index)]
         single = mle_readout(stack, alone, g, st.cal, st.camera, st.cfg)
     out = pd.concat([single, joint.drop(columns="group_size")])

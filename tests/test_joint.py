@@ -9,13 +9,12 @@ import tifffile
 from scipy.special import ndtr
 
 from srsmlm.calibration import Calibration
-from srsmlm.denoised import AnchorConfig
 from srsmlm.geometry import Geometry
 from srsmlm.joint import bounds_at, fit_groups
 from srsmlm.mle import Camera, FitSettings, crlb
+from srsmlm.mle_table import Reader, joint_pass
 from srsmlm.overlaps import JointConfig, joint_readout, overlap_groups
 from srsmlm.readout import ReadoutConfig
-from srsmlm.spectra import StageSettings, joint_pass
 from srsmlm.stack import Stack
 
 from .conftest import section
@@ -24,7 +23,6 @@ G = Geometry(16, 16, 48, 230)
 NM_PER_PX = 2.06
 CAL = Calibration(600.0, NM_PER_PX)
 CAM = Camera("scmos", 2.0, 100.0, 1.6)
-ANCHOR = AnchorConfig(8, 200)
 S_TRUE = np.hypot(18 / NM_PER_PX, 1.3)  # dye sd 18 nm and PSF 1.3 px, in px
 CFG = ReadoutConfig(
     margin_px=8,
@@ -201,14 +199,13 @@ def test_group_above_the_cap_is_flagged_crowded_never_dropped(tmp_path):
     pair = [(20.0, 10.0, 1500.0), (30.0, 15.0, 1500.0)]
     table = _grouped(_stack(tmp_path / "s.tif", rng, [crowd, pair]))
     assert table["group_size"].tolist() == [5] * 5 + [2] * 2
-    st = StageSettings(G, CAL, CAM, CFG, JOINT, ANCHOR, 4, 100)
     with Stack(tmp_path / "s.tif") as stack:
-        joint = joint_pass(table, stack, st)
+        joint = joint_pass(table, stack, Reader(G, CAL, CAM, CFG, JOINT), 100)
     assert list(joint.index) == [5, 6]  # the five above the cap keep their single fits
     assert (joint["group_size"] == 2).all()
     cap5 = replace(JOINT, max_group_size=5)
     with Stack(tmp_path / "s.tif") as stack:
-        joint = joint_pass(table, stack, StageSettings(G, CAL, CAM, CFG, cap5, ANCHOR, 4, 100))
+        joint = joint_pass(table, stack, Reader(G, CAL, CAM, CFG, cap5), 100)
     assert list(joint.index) == list(range(7)) and (joint["group_size"].iloc[:5] == 5).all()
 
 
@@ -219,8 +216,8 @@ def test_same_input_same_values_any_threads_and_blocks(tmp_path):
         **{**CFG.__dict__, "settings": FitSettings(1.3, CFG.settings.s_bounds, threads=2)}
     )
     with Stack(tmp_path / "s.tif") as stack:
-        a = joint_pass(table, stack, StageSettings(G, CAL, CAM, CFG, JOINT, ANCHOR, 4, 1000))
-        b = joint_pass(table, stack, StageSettings(G, CAL, CAM, threaded, JOINT, ANCHOR, 4, 7))
+        a = joint_pass(table, stack, Reader(G, CAL, CAM, CFG, JOINT), 1000)
+        b = joint_pass(table, stack, Reader(G, CAL, CAM, threaded, JOINT), 7)
     pd.testing.assert_frame_equal(a, b)
 
 

@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 import tifffile
 
+from srsmlm.mle_table import Reader, joint_pass
 from srsmlm.neighbours import failed_fits, likelihood_ratio_p, neighbour_readout, units_to_test
 from srsmlm.readout import mle_readout
-from srsmlm.spectra import StageSettings, joint_pass
 from srsmlm.stack import Stack
 
-from .test_joint import ANCHOR, CAL, CAM, CFG, JOINT, S_TRUE, G, _grouped, _pixels
+from .test_joint import CAL, CAM, CFG, JOINT, S_TRUE, G, _grouped, _pixels
 
 P = JOINT.neighbour_p
 
@@ -147,7 +147,7 @@ def test_a_group_with_a_missed_neighbour(tmp_path):
     table = _grouped(_write(tmp_path / "s.tif", rng, frames))
     assert (table["group_size"] == 2).all()
     with Stack(tmp_path / "s.tif") as stack:
-        out = joint_pass(table, stack, StageSettings(G, CAL, CAM, CFG, JOINT, ANCHOR, 4, 100))
+        out = joint_pass(table, stack, Reader(G, CAL, CAM, CFG, JOINT), 100)
     kept = out["extra_emitters"] == 1
     assert kept.mean() >= 0.9, kept.mean()
     # the members of a group share its box

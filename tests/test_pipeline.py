@@ -214,12 +214,12 @@ def _planned_jobs(workdir) -> dict[str, int]:
             {"spectra", "evaluate", "plot_report"},
             {"train_unet", "denoise_acquisition", "extract_patches"},
         ),
-        (  # the joint fit of overlapping spectra is the spectra stage's alone
+        (  # the joint fit of overlapping spectra also reads the model targets' frames
             "spectra",
             "max_group_size",
             2,
-            {"spectra", "evaluate", "plot_report"},
-            {"extract_patches", "train_unet", "denoise_acquisition"},
+            {"extract_patches", "train_unet", "spectra", "evaluate", "plot_report"},
+            {"simulate", "filter_localizations", "cluster_localizations"},
         ),
         (  # the model targets use the readout's fit settings
             "spectra",

@@ -17,12 +17,14 @@ from srsmlm.patches import prepare_patches
 from srsmlm.plan import PatchParams
 from srsmlm.stack import Stack
 from srsmlm.targets import (
+    READOUT_COLUMNS,
     SPECTRA_KEYS,
     TargetModel,
     _blocks,
     _groups,
     leave_one_out_fits,
     render_targets,
+    run_readout,
 )
 
 from .conftest import section
@@ -45,6 +47,14 @@ SPECTRA = {
     "crowding_rows_px": 3,
     "max_row_shift_px": 0.5,
     "molecule_estimate": "joint",
+    "max_group_size": 4,
+    "group_rows_px": 5,
+    "min_row_separation_px": 1.5,
+    "neighbour_p": 1e-4,
+    "label_odds": 99,
+    "label_consistency_p": 0.05,
+    "same_row_px": 0.5,
+    "ambiguous_loglik": 3.0,
 }
 GAIN, OFFSET = 50.0, 100.0
 CAMERA = {"type": "scmos", "gain_adu_per_photon": GAIN, "offset_adu": OFFSET, "read_noise_adu": 1.0}
@@ -88,7 +98,6 @@ def noise_free_run(tmp_path, n_frames=10, x=40.3, y=30.6, distance=254.1, width=
             "pixel_x": int(x),
             "pixel_y": int(y),
             "cluster": 0,
-            "crowded": False,
             "localization_index": np.arange(n_frames),
         }
     )
@@ -99,11 +108,22 @@ def model():
     return TargetModel.from_config(SPECTRA, CAMERA, G)
 
 
+def read_out(stack, runs):
+    """``runs`` (also the acquisition's whole localization table) with its readout."""
+    out = run_readout(stack, runs, np.arange(len(runs)), G, model())
+    return runs.assign(**{c: out[c].to_numpy() for c in READOUT_COLUMNS})
+
+
+def loo(stack, runs, **kw):
+    """The leave-one-out fits of one run read out first."""
+    return leave_one_out_fits(stack, read_out(stack, runs), np.array([0]), G, model(), **kw)
+
+
 def test_noise_free_model_target_is_the_true_image(tmp_path):
     x, y, distance, width = 40.3, 30.6, 254.1, 8.5
     path, runs, _ = noise_free_run(tmp_path, x=x, y=y, distance=distance, width=width)
     with Stack(path) as stack:
-        fits = leave_one_out_fits(stack, runs, np.array([0]), G, model())
+        fits = loo(stack, runs)
     assert (fits["n_others"] == len(runs) - 1).all() and fits["converged"].all()
     np.testing.assert_allclose(fits["distance_px"], distance, atol=2e-3)
     np.testing.assert_allclose(fits["width_px"], width, rtol=1e-3)
@@ -147,7 +167,7 @@ def test_render_targets_places_spot_and_spectrum():
 def test_leave_one_out_own_noise_never_reaches_the_target(tmp_path):
     path, runs, stack = noise_free_run(tmp_path)
     with Stack(path) as s:
-        before = leave_one_out_fits(s, runs, np.array([0]), G, model())
+        before = loo(s, runs)
     # frame 4 gets a strong, shifted second spectrum: its own target must not move
     rng = np.random.default_rng(3)
     changed = stack.copy()
@@ -155,7 +175,7 @@ def test_leave_one_out_own_noise_never_reaches_the_target(tmp_path):
     path2 = tmp_path / "changed.ome.tif"
     tifffile.imwrite(path2, changed, ome=True, metadata={"axes": "TYX"})
     with Stack(path2) as s:
-        after = leave_one_out_fits(s, runs, np.array([0]), G, model())
+        after = loo(s, runs)
     own = after.index == 3
     assert after.loc[own, "distance_px"].item() == before.loc[own, "distance_px"].item()
     assert after.loc[own, "width_px"].item() == before.loc[own, "width_px"].item()
@@ -168,14 +188,85 @@ def test_leave_one_out_own_noise_never_reaches_the_target(tmp_path):
 
 def test_unusable_frames_leave_the_fits_and_lone_frames_get_no_target(tmp_path):
     path, runs, _ = noise_free_run(tmp_path, n_frames=4)
-    runs["crowded"] = [True, True, True, False]
     with Stack(path) as s:
+        runs = read_out(s, runs).assign(sc_mle_flag=["crowded"] * 3 + [""])
         fits = leave_one_out_fits(s, runs, np.array([0]), G, model())
     assert fits["flag"].tolist() == ["crowded"] * 3 + [""]
     # frames 1-3 are fitted from frame 4 alone; frame 4 has no other usable frame
     assert fits["n_others"].tolist() == [1, 1, 1, 0]
     assert np.isnan(fits["distance_px"].iloc[3])
     assert fits["converged"].tolist() == [True, True, True, False]
+
+
+def test_frames_read_with_a_neighbour_join_the_target_by_inverse_variance(tmp_path):
+    path, runs, _ = noise_free_run(tmp_path, n_frames=3)
+    with Stack(path) as s:
+        runs = read_out(s, runs)
+        # the third frame unusable: frames 1 and 2 fitted from each other's raw counts alone
+        alone = leave_one_out_fits(
+            s, runs.assign(sc_mle_flag=["", "", "crowded"]), np.array([0]), G, model()
+        )
+        # the third frame read jointly with a neighbour: its own value 1 px further, bound 0.5 nm
+        centre = runs["mle_centre_px"].to_numpy() + [0.0, 0.0, 1.0]
+        crlb = runs["sc_mle_crlb_nm"].to_numpy() * [1, 1, 0] + [0, 0, 0.5]
+        grouped = runs.assign(group_size=[1, 1, 2], mle_centre_px=centre, sc_mle_crlb_nm=crlb)
+        both = leave_one_out_fits(s, grouped, np.array([0]), G, model())
+        # a run whose other frames were all read with a neighbour still gets its target
+        every = grouped.assign(group_size=2, extra_emitters=[0, 1, 0])
+        fits = leave_one_out_fits(s, every, np.array([0]), G, model())
+    assert both["n_others"].tolist() == [2, 2, 2] and both["n_grouped"].tolist() == [1, 1, 0]
+    w_fit = 1.0 / (alone["crlb_nm"].to_numpy()[:2] / 2.0) ** 2
+    w_own = 1.0 / (0.5 / 2.0) ** 2
+    own = centre[2] - runs["x"].to_numpy()[2]
+    expected = (w_fit * alone["distance_px"].to_numpy()[:2] + w_own * own) / (w_fit + w_own)
+    np.testing.assert_allclose(both["distance_px"].to_numpy()[:2], expected, rtol=1e-12)
+    np.testing.assert_allclose(both["crlb_nm"].to_numpy()[:2], 2.0 / np.sqrt(w_fit + w_own))
+    assert both["converged"].all()
+    # the grouped frame's own target comes from the two lone frames' raw counts, as before
+    same = alone.columns.drop("flag")
+    pd.testing.assert_series_equal(both.iloc[2][same], alone.iloc[2][same], check_names=False)
+    assert fits["converged"].all() and fits["n_grouped"].tolist() == [2, 2, 2]
+    assert fits["p_fit"].isna().all()
+
+
+def two_molecules(tmp_path, n_frames=8, dy=4.0, dx=9.0):
+    """A noise-free stack of two molecules in every frame whose spectra overlap (the second
+    ``dy`` rows below and ``dx`` columns right of the first; spectral distances 254.1 and 262.4
+    px), and their localization table (two runs)."""
+    h, w = 64, 340
+    mol = [(40.3, 30.6, 254.1, 8.5), (40.3 + dx, 30.6 + dy, 262.4, 9.5)]
+    frames = np.zeros((n_frames, h, w))
+    rows = []
+    for f in range(n_frames):
+        for k, (x, y, distance, width) in enumerate(mol):
+            local = np.array([[4000.0 + 300 * f, y, 2.0 * (k == 0)]])
+            frames[f] += box_model(np.array([[x, 1.3]]), local, (h, w), 1.3)[0]
+            frames[f] += box_model(
+                np.array([[x + distance, width]]), local * [1, 1, 0], (h, w), 1.3
+            )[0]
+            rows.append((f + 1, x, y, 4000.0, int(x), int(y), k))
+    path = tmp_path / "two.ome.tif"
+    tifffile.imwrite(
+        path, np.round(OFFSET + GAIN * frames).astype(np.uint16), ome=True, metadata={"axes": "TYX"}
+    )
+    columns = ["frame", "x", "y", "signal", "pixel_x", "pixel_y", "cluster"]
+    table = pd.DataFrame(rows, columns=columns).sort_values(["cluster", "frame"], kind="stable")
+    return path, table.reset_index(drop=True).assign(localization_index=lambda t: t.index), mol
+
+
+def test_overlapping_spectra_read_jointly_give_targets(tmp_path):
+    path, runs, mol = two_molecules(tmp_path)
+    with Stack(path) as s:
+        read = read_out(s, runs)
+        fits = leave_one_out_fits(s, read, np.array([0, 8]), G, model())
+    # both molecules are read jointly in every frame, trusted, and each frame gets its target
+    # from the other frames' joint values: the true spectral distance and width
+    assert (read["group_size"] == 2).all() and (read["sc_mle_flag"] == "").all()
+    assert (fits["n_grouped"] == 7).all() and fits["converged"].all()
+    for k, (_, _, distance, width) in enumerate(mol):
+        one = fits[runs["cluster"] == k]
+        np.testing.assert_allclose(one["distance_px"], distance, atol=0.02)
+        np.testing.assert_allclose(one["width_px"], width, rtol=0.01)
 
 
 def test_groups_and_blocks():
@@ -210,9 +301,9 @@ def test_groups_keep_the_nearest_frames_in_time():
 def test_max_frames_bounds_the_fits_and_changes_nothing_below_the_cap(tmp_path):
     path, runs, _ = noise_free_run(tmp_path, n_frames=8)
     with Stack(path) as s:
-        every = leave_one_out_fits(s, runs, np.array([0]), G, model())
-        capped = leave_one_out_fits(s, runs, np.array([0]), G, model(), max_frames=7)
-        few = leave_one_out_fits(s, runs, np.array([0]), G, model(), max_frames=3)
+        every = loo(s, runs)
+        capped = loo(s, runs, max_frames=7)
+        few = loo(s, runs, max_frames=3)
     pd.testing.assert_frame_equal(every, capped)
     assert (few["n_others"] == 3).all() and few["converged"].all()
     np.testing.assert_allclose(few["distance_px"], 254.1, atol=5e-3)  # noise-free: same answer
@@ -277,7 +368,7 @@ def test_model_targets_in_the_patch_stage_same_seed_same_bytes(tiny_acquisition,
 def test_model_target_needs_a_target_model_and_known_names(tmp_path):
     path, runs, _ = noise_free_run(tmp_path)
     cp = tmp_path / "clusters.csv"
-    runs.drop(columns="crowded").to_csv(cp, index=False)
+    runs.to_csv(cp, index=False)
     for params, err in (
         (patch_params(**NOJIT), "needs a TargetModel"),
         (patch_params(**{**NOJIT, "target": "fused"}), "patches.target 'fused'"),
@@ -303,7 +394,7 @@ def model_patches(path, runs, p, tmp_path, out):
     """The patch stage with model targets on a noise-free run (its table as clusters and
     localizations); writes raw.tif, clean.tif and p.csv under ``out``; returns the counts."""
     cp = tmp_path / "clusters.csv"
-    runs.drop(columns="crowded").to_csv(cp, index=False)
+    runs.to_csv(cp, index=False)
     files = (out / "raw.tif", out / "clean.tif", out / "p.csv")
     return prepare_patches(cp, cp, path, G, p, 1, "acq", 9, *files, target_model=model())
 

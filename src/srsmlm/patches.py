@@ -47,7 +47,13 @@ from .plan import (
 )
 from .seeds import acquisition_seed
 from .stack import Stack
-from .targets import TargetModel, crowded_localizations, leave_one_out_fits, render_targets
+from .targets import (
+    READOUT_COLUMNS,
+    TargetModel,
+    leave_one_out_fits,
+    render_targets,
+    run_readout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -238,16 +244,18 @@ def _chunk_patches(
         **{k: v[keep] for k, v in extra.items()},
     )
     counts["signal_patches"] += int(keep.sum())
-    return table.drop(columns="crowded", errors="ignore")
+    return table.drop(columns=list(READOUT_COLUMNS), errors="ignore")
 
 
 def _target_columns(fits: pd.DataFrame, g: Geometry, tm: TargetModel) -> dict[str, np.ndarray]:
     """patches.csv columns of the model targets: the target's spectral centre and width (nm),
-    the frames its fit used, and the frame's own single-frame flag."""
+    the frames its fit used (of them, those read with a neighbour), and the frame's own
+    readout flag."""
     return {
         "target_nm": tm.cal.wavelength(fits["distance_px"].to_numpy(), g.spectral_offset),
         "target_width_nm": fits["width_px"].to_numpy() * tm.readout.nm_per_px,
         "target_frames": fits["n_others"].to_numpy(),
+        "target_grouped_frames": fits["n_grouped"].to_numpy(),
         "target_crlb_nm": fits["crlb_nm"].to_numpy(),
         "target_p_fit": fits["p_fit"].to_numpy(),
         "mle_flag": fits["flag"].to_numpy(),
@@ -352,15 +360,20 @@ def prepare_patches(
     counts: dict[str, int] = {"localizations_in_runs": len(runs)}
     locs = None
     if p.target == "model" or p.background_patches > 0:
-        locs = pd.read_csv(localizations_path, usecols=["frame", "x", "y", "pixel_x", "pixel_y"])
+        columns = ["frame", "x", "y", "signal", "pixel_x", "pixel_y"]
+        locs = pd.read_csv(localizations_path, usecols=columns)
     if p.target == "model":
         if target_model is None:
             raise ValueError("patches.target 'model' needs a TargetModel")
-        crowd = crowded_localizations(locs, g, target_model.readout)
-        runs["crowded"] = crowd[runs["localization_index"].to_numpy()]
     with Stack(stack_path) as stack:
         check_geometry_fits(g, stack.frame_shape, stack_path)
         check_inside_stack(runs, stack, clusters_path)
+        if p.target == "model":
+            readout = run_readout(
+                stack, locs, runs["localization_index"].to_numpy(), g, target_model
+            )
+            for column in READOUT_COLUMNS:
+                runs[column] = readout[column].to_numpy()
         plan = plan_runs(
             runs, stack.frame_shape, g, p, acquisition_seed(seed, acquisition, "patches"), counts
         )

@@ -34,11 +34,11 @@ from .geometry import Geometry
 from .io import atomic_path, chunk_slices, spool_dir, write_csv
 from .joint_examples import joint_examples, write_examples
 from .mle import Camera
-from .molecules import molecules, run_blocks
-from .neighbours import NEIGHBOUR_COLUMNS, neighbour_readout
-from .overlaps import JointConfig, joint_readout, overlap_groups
+from .mle_table import Reader, alone_readout, joint_pass, with_groups
+from .molecules import molecules
+from .overlaps import JointConfig
 from .profiles import DENOISED_FIT_COLUMNS, patch_readouts
-from .readout import MLE_COLUMNS, ReadoutConfig, mle_readout
+from .readout import MLE_COLUMNS, ReadoutConfig
 from .seeds import acquisition_seed
 from .stack import NORMALISATION, Stack
 
@@ -100,6 +100,11 @@ class StageSettings:
     chunk_size: int
     max_residual: float = math.inf
 
+    @property
+    def reader(self) -> Reader:
+        """The maximum-likelihood readout's settings."""
+        return Reader(self.geometry, self.cal, self.camera, self.cfg, self.joint)
+
 
 def load_patch_table(
     denoised_table: str | Path,
@@ -144,10 +149,10 @@ def spectra_chunk(
     """The spectra.csv columns (all but the dye classes) of the rows ``sl`` of ``table``, and
     the extra maximum-likelihood columns the molecules need (box and centre). The
     maximum-likelihood readout (Numba, no GIL) runs in ``pool`` beside the patch readouts;
-    rows in ``joint`` (:func:`joint_pass`) take their joint fits from there."""
+    rows in ``joint`` (:func:`srsmlm.mle_table.joint_pass`) take their joint fits from there."""
     part = table.iloc[sl]
     alone = part[~part.index.isin(joint.index)]
-    fit = pool.submit(alone_readout, stack, alone, st)
+    fit = pool.submit(alone_readout, stack, alone, st.reader)
     out = part[["localization_index", "frame", "x", "y", "signal", "cluster"]].copy()
     readouts = patch_readouts(
         table, sl, paths, st.geometry, st.cal, st.n_rows, st.max_residual, pool
@@ -160,16 +165,6 @@ def spectra_chunk(
     out["group_size"] = part["group_size"].to_numpy()
     out["extra_emitters"] = mle["extra_emitters"].to_numpy(np.int64)
     return out, mle[["mle_centre_px", "mle_box_row0", "mle_box_col0", "neighbour_tested"]]
-
-
-def alone_readout(stack: Stack, alone: pd.DataFrame, st: StageSettings) -> pd.DataFrame:
-    """The maximum-likelihood readout of localizations read alone (each its own box), a failed
-    box tested for an unlocalized neighbour (:func:`srsmlm.neighbours.neighbour_readout`)."""
-    fit = mle_readout(stack, alone, st.geometry, st.cal, st.camera, st.cfg)
-    units = np.arange(len(alone))
-    g, cal, camera, cfg, joint = st.geometry, st.cal, st.camera, st.cfg, st.joint
-    p, rows = joint.neighbour_p, joint.min_row_separation_px
-    return neighbour_readout(stack, alone, fit, units, g, cal, camera, cfg, p, rows)
 
 
 @dataclass
@@ -243,7 +238,7 @@ def readout_pass(
     kept = _Kept.empty(len(table), st.max_residual)
     files = []
     with Stack(stack_path) as stack, ThreadPoolExecutor(len(paths) + 1) as pool:
-        joint = joint_pass(table, stack, st)
+        joint = joint_pass(table, stack, st.reader, st.chunk_size)
         examples = _drawn_examples(stack, table, joint, st, seed)
         for k, sl in enumerate(chunk_slices(len(table), st.chunk_size)):
             out, extra = spectra_chunk(table, sl, paths, stack, st, pool, joint)
@@ -276,43 +271,6 @@ def _drawn_examples(
         st.camera,
         acquisition_seed(seed, "", "joint_examples"),
     )
-
-
-def joint_pass(table: pd.DataFrame, stack: Stack, st: StageSettings) -> pd.DataFrame:
-    """The maximum-likelihood readout of every localization in a group of 2 to
-    ``spectra.max_group_size`` (:func:`srsmlm.overlaps.joint_readout`), whole groups of about
-    ``chunk_size`` localizations at a time; indexed like ``table``. Logs the counts."""
-    size = table["group_size"].to_numpy()
-    cap = st.joint.max_group_size
-    rows = table[(size >= 2) & (size <= cap)].sort_values("group", kind="stable")
-    labels = rows["group"].to_numpy()
-    bounds = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1], True]) if len(rows) else [0]
-    blocks = [rows.iloc[bounds[a] : bounds[b]] for a, b in run_blocks(bounds, st.chunk_size)]
-    parts = [_group_readout(stack, block, st) for block in blocks]
-    empty = pd.DataFrame(columns=[*MLE_COLUMNS, "group_size", *NEIGHBOUR_COLUMNS])
-    out = pd.concat(parts) if parts else empty
-    over = int((size > cap).sum())
-    log.info(
-        "%d localizations in %d groups of overlapping spectra fitted jointly (%d of them flagged "
-        "crowded: a failed or ambiguous joint fit, or close spectra that rows and photons cannot "
-        "assign); %d in groups above spectra.max_group_size = %d (flagged crowded)",
-        len(rows),
-        len(bounds) - 1,
-        int((out["sc_mle_flag"] == "crowded").sum()),
-        over,
-        cap,
-    )
-    return out
-
-
-def _group_readout(stack: Stack, rows: pd.DataFrame, st: StageSettings) -> pd.DataFrame:
-    """The joint readout of whole groups (:func:`srsmlm.overlaps.joint_readout`), a group whose
-    fit failed tested for an unlocalized neighbour (:func:`srsmlm.neighbours.neighbour_readout`)."""
-    g, cal, camera, cfg = st.geometry, st.cal, st.camera, st.cfg
-    fit = joint_readout(stack, rows, g, cal, camera, cfg, st.joint)
-    units = rows["group"].to_numpy()
-    p, close = st.joint.neighbour_p, st.joint.min_row_separation_px
-    return neighbour_readout(stack, rows, fit, units, g, cal, camera, cfg, p, close)
 
 
 def write_spectra(
@@ -391,9 +349,7 @@ def spectra_stage(
             "filter.x_range to the spots' side of the camera",
         )
     st = stage_settings(section, camera, geometry, threads)
-    table["group"] = overlap_groups(table, geometry, st.cfg, st.joint)
-    table["group_size"] = np.bincount(table["group"])[table["group"]]
-    table["crowded"] = table["group_size"] > st.joint.max_group_size
+    table = with_groups(table, st.reader)
     n, n_dyes = len(table), section.get("n_dyes")
     spool = spool_dir(spectra_csv)
     try:
