@@ -99,7 +99,8 @@ def read_table(stack: Stack, table: pd.DataFrame, r: Reader, chunk_size: int) ->
     joint = joint_pass(table, stack, r, chunk_size)
     alone = table[~table.index.isin(joint.index)]
     parts = [alone_readout(stack, alone.iloc[sl], r) for sl in chunk_slices(len(alone), chunk_size)]
-    out = pd.concat([joint, *parts]).loc[table.index] if parts else joint.loc[table.index]
+    read = [part for part in (joint, *parts) if len(part)]  # (an empty one has no dtypes)
+    out = pd.concat(read).loc[table.index] if read else joint
     out["group_size"] = table["group_size"].to_numpy()
     out["extra_emitters"] = out["extra_emitters"].to_numpy(np.int64)
     return out

@@ -181,11 +181,11 @@ def leave_one_out_fits(
     w_sum = np.where(ok, 1.0 / fit["var_px2"], 0.0)
     wd = np.where(ok, w_sum * fit["distance_px"], 0.0)
     ws = np.where(ok, w_sum * fit["width_px"], 0.0)
-    for k, m in enumerate(grouped):
-        if len(m):
-            w_sum[k] += w_px[m].sum()
-            wd[k] += (w_px[m] * distance[m]).sum()
-            ws[k] += (w_px[m] * width[m]).sum()
+    idx = np.concatenate(grouped) if grouped else np.zeros(0, np.int64)
+    owner = np.repeat(np.arange(len(grouped)), n_grouped)
+    w_sum += np.bincount(owner, w_px[idx], len(grouped))
+    wd += np.bincount(owner, w_px[idx] * distance[idx], len(grouped))
+    ws += np.bincount(owner, w_px[idx] * width[idx], len(grouped))
     has_lone = np.array([len(m) > 0 for m in lone])
     with np.errstate(divide="ignore", invalid="ignore"):
         out = {
